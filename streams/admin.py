@@ -1,0 +1,81 @@
+"""Topic creation and inspection with confluent-kafka's admin client.
+
+Faust only creates its own internal topics (changelogs); the product's topics are created here from
+the one list in `streams.topics`, idempotently: an existing topic is left as it is, and a topic that
+exists with fewer partitions than declared is reported, not silently used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from streams.config import Settings
+from streams.topics import TOPICS, topic_name
+
+
+@dataclass(frozen=True)
+class TopicInfo:
+    name: str
+    partitions: int
+    end_offsets: tuple[int, ...]
+
+    @property
+    def records(self) -> int:
+        return sum(self.end_offsets)
+
+
+def admin_client(settings: Settings) -> AdminClient:
+    return AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+
+
+def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> dict[str, str]:
+    """Create every declared topic that does not exist yet; returns name -> 'created'|'exists'."""
+    admin = admin_client(settings)
+    existing = admin.list_topics(timeout=timeout_s).topics
+    wanted = []
+    result: dict[str, str] = {}
+    for spec in TOPICS:
+        name = topic_name(spec.topic, settings.topic_prefix)
+        partitions = spec.partitions or settings.default_partitions
+        if name in existing:
+            have = len(existing[name].partitions)
+            result[name] = "exists" if have >= partitions else f"exists with {have} partitions"
+            continue
+        wanted.append(NewTopic(name, num_partitions=partitions, replication_factor=1,
+                               config=spec.config()))
+    if wanted:
+        for name, future in admin.create_topics(wanted, request_timeout=timeout_s).items():
+            try:
+                future.result()
+                result[name] = "created"
+            except KafkaException as exc:
+                if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
+                    raise
+                result[name] = "exists"
+    return result
+
+
+def describe_topics(settings: Settings, prefix_only: bool = True,
+                    timeout_s: float = 10.0) -> list[TopicInfo]:
+    """Partitions and end offsets per topic (the project's own topics unless prefix_only=False)."""
+    admin = admin_client(settings)
+    meta = admin.list_topics(timeout=timeout_s)
+    ours = f"{settings.topic_prefix}rakshit."
+    names = sorted(n for n in meta.topics if not prefix_only or n.startswith(ours))
+    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers,
+                         "group.id": "rakshit-topics-inspector", "enable.auto.commit": False})
+    try:
+        infos = []
+        for name in names:
+            parts = sorted(meta.topics[name].partitions)
+            ends = []
+            for p in parts:
+                _, high = consumer.get_watermark_offsets(TopicPartition(name, p), timeout=timeout_s)
+                ends.append(high)
+            infos.append(TopicInfo(name, len(parts), tuple(ends)))
+        return infos
+    finally:
+        consumer.close()

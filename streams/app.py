@@ -1,0 +1,134 @@
+"""The Faust worker: topics in, verdicts and dead letters out.
+
+Processing guarantee: at-least-once, with every agent at concurrency 1.
+- Faust flushes the producer before it commits consumer offsets, so an offset is only committed
+  after the verdicts of the records before it have been acknowledged by the broker: a crash can
+  repeat work but never skip a transaction.
+- concurrency > 1 can commit past a record still in flight (faust-streaming issue #606), and
+  faust's exactly_once mode has open reports of duplicates and sends outside the transaction
+  (#177, #323, #517): we do not rely on either.
+- What a crash costs: the records processed after the last commit (at most commit_interval_s of
+  traffic, 1 s by default) are processed again. Their verdicts are re-issued with the same
+  verdict_id, and the velocity state is idempotent per transaction id, so the repeat carries the
+  same decision. Consumers dedupe on transaction_id (the record key). tests/test_crash.py measures
+  this with kill -9.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import faust
+from prometheus_client import start_http_server
+
+from schemas.codec import make_codec
+from scoring import velocity
+from scoring.rules import RuleEngine
+from streams import metrics
+from streams.config import Settings
+from streams.processing import Admitted, Output, Processor, Source, event_millis
+from streams.topics import DEAD_LETTER_MAX_BYTES, Topic, topic_name
+
+
+def _broker_url(bootstrap: str) -> str:
+    return ";".join(f"kafka://{host.strip()}" for host in bootstrap.split(","))
+
+
+def create_app(settings: Settings) -> faust.App:
+    datadir = settings.home / "worker" / settings.app_id
+    datadir.parent.mkdir(parents=True, exist_ok=True)
+    app = faust.App(
+        settings.app_id,
+        broker=_broker_url(settings.bootstrap_servers),
+        store="memory://",
+        datadir=str(datadir),
+        processing_guarantee=settings.processing_guarantee,
+        broker_commit_interval=settings.commit_interval_s,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        producer_max_request_size=DEAD_LETTER_MAX_BYTES + 64 * 1024,
+        topic_partitions=settings.default_partitions,
+        topic_replication_factor=1,
+        web_enabled=False,
+    )
+    codec = make_codec(settings.schema_registry_url)
+    processor = Processor(settings, codec, RuleEngine.from_file())
+
+    def raw_topic(topic: Topic) -> faust.TopicT:
+        return app.topic(topic_name(topic, settings.topic_prefix), key_type=bytes,
+                         value_type=bytes, key_serializer="raw", value_serializer="raw")
+
+    transactions = raw_topic(Topic.TRANSACTIONS)
+    outcomes = raw_topic(Topic.AUTH_OUTCOMES)
+    outputs = {topic_name(t, settings.topic_prefix): raw_topic(t)
+               for t in (Topic.DECISIONS, Topic.DEAD_LETTERS)}
+    # Per-card recent (event time, transaction id) pairs; changelogged, so a restarted worker
+    # recovers it before processing.
+    card_history = app.Table("card-velocity", default=list,
+                             partitions=settings.default_partitions)
+    processed: dict[tuple[str, int], int] = {}
+
+    async def send(out: Output) -> None:
+        await outputs[out.topic].send(key=out.key, value=out.value)
+        metrics.EVENTS_OUT.labels(out.topic).inc()
+
+    def source_of(event: Any) -> Source:
+        msg = event.message
+        processed[(msg.topic, msg.partition)] = msg.offset
+        ts = msg.timestamp * 1000.0 if msg.timestamp is not None else None
+        return Source(msg.topic, msg.partition, msg.offset, msg.key, ts)
+
+    @app.agent(transactions, name="decide", concurrency=1)
+    async def decide(stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            started = time.time()
+            source = source_of(event)
+            admitted = processor.admit(event.message.value, source, "transaction")
+            if not isinstance(admitted, Admitted):
+                await send(admitted)
+                continue
+            tx = admitted.record
+            card = tx["card_token"]
+            history = velocity.record(card_history[card], event_millis(tx), tx["transaction_id"])
+            card_history[card] = history
+            decision = processor.decide(tx, history)
+            await send(processor.verdict(tx, decision, started, source))
+
+    @app.agent(outcomes, name="observe-outcomes", concurrency=1)
+    async def observe_outcomes(stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            admitted = processor.admit(event.message.value, source_of(event),
+                                       "authorization_outcome")
+            if not isinstance(admitted, Admitted):
+                await send(admitted)
+
+    @app.timer(interval=5.0)
+    async def report_lag() -> None:
+        consumer = app.consumer
+        for tp in consumer.assignment():
+            try:
+                high = consumer.highwater(tp)
+            except Exception:  # not fetched yet: no figure is better than a wrong one
+                continue
+            if high is None:
+                continue
+            done = processed.get((tp.topic, tp.partition), -1) + 1
+            metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, high - done))
+
+    @app.task
+    async def serve_metrics() -> None:
+        if settings.metrics_port:
+            start_http_server(settings.metrics_port, addr=settings.metrics_addr)
+
+    return app
+
+
+def run_worker(settings: Settings, loglevel: str = "info") -> None:
+    """Block running the worker until it is stopped (SIGTERM/SIGINT)."""
+    from streams.admin import ensure_topics
+
+    ensure_topics(settings)
+    app = create_app(settings)
+    worker = faust.Worker(app, loglevel=loglevel, quiet=True)
+    worker.execute_from_commandline()

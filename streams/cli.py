@@ -1,0 +1,157 @@
+"""`rakshit`: one command for operators, gateways' test traffic and the demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import date
+from pathlib import Path
+
+from streams.config import REPO_ROOT, Settings
+
+SCENARIOS = ("normal", "fraud", "issuer-outage", "issuer-wide-outage")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rakshit", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    broker = sub.add_parser("broker", help="run the embedded Kafka broker (127.0.0.1 only)")
+    broker.add_argument("action", choices=("start", "stop", "status"))
+
+    topics = sub.add_parser("topics", help="list topics with partitions and end offsets")
+    topics.add_argument("--create", action="store_true", help="create missing topics first")
+    topics.add_argument("--all", action="store_true", help="include topics that are not ours")
+
+    worker = sub.add_parser("worker", help="run the Faust worker")
+    worker.add_argument("--loglevel", default="info",
+                        choices=("crit", "error", "warn", "info", "debug"))
+
+    simulate = sub.add_parser("simulate", help="produce gateway traffic")
+    simulate.add_argument("--scenario", default="normal", choices=SCENARIOS)
+    simulate.add_argument("--rate", type=float, default=100.0, help="transactions per second")
+    simulate.add_argument("--duration", type=float, default=30.0,
+                          help="seconds of wall time; 0 runs until interrupted")
+    simulate.add_argument("--seed", type=int, default=7)
+    simulate.add_argument("--speedup", type=float, default=1.0,
+                          help="event-time seconds per wall second")
+
+    replay = sub.add_parser("replay", help="replay handbook-layout Parquet data as transactions")
+    replay.add_argument("--data", type=Path,
+                        default=REPO_ROOT.parent / "shared" / "data" / "handbook" / "raw")
+    replay.add_argument("--from", dest="start", type=date.fromisoformat, required=True)
+    replay.add_argument("--to", dest="end", type=date.fromisoformat, required=True)
+    replay.add_argument("--speedup", type=float, default=0.0,
+                        help="event-time seconds per wall second; 0 is as fast as possible")
+
+    tail = sub.add_parser("tail", help="print decoded events as they arrive")
+    tail.add_argument("topic", help="short name (decisions) or full topic name")
+    tail.add_argument("--from-beginning", action="store_true")
+    tail.add_argument("--max", type=int, default=None, help="stop after N records")
+    tail.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    demo = sub.add_parser("demo", help="broker, topics, worker and simulator, with a summary")
+    demo.add_argument("--duration", type=float, default=20.0)
+    demo.add_argument("--rate", type=float, default=200.0)
+    demo.add_argument("--scenario", default="fraud", choices=SCENARIOS)
+    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--summary-json", type=Path, default=None)
+    demo.add_argument("--keep-broker", action="store_true",
+                      help="leave a broker the demo started running afterwards")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = Settings.from_env()
+
+    if args.command == "broker":
+        from streams.broker import embedded_broker
+
+        if not settings.embedded:
+            print(f"KAFKA_BOOTSTRAP_SERVERS={settings.bootstrap_servers}: using that cluster; "
+                  "the embedded broker is not managed")
+            return 0
+        broker = embedded_broker(settings)
+        if args.action == "start":
+            print(broker.start().describe())
+        elif args.action == "stop":
+            print("stopped" if broker.stop() else "not running")
+        else:
+            status = broker.status()
+            print(status.describe())
+            return 0 if status.answering else 3
+        return 0
+
+    if args.command == "topics":
+        from streams.admin import describe_topics, ensure_topics
+        from streams.broker import ensure_broker
+
+        ensure_broker(settings)
+        if args.create:
+            for name, state in ensure_topics(settings).items():
+                print(f"{name}: {state}")
+        print(f"{'topic':<40} {'partitions':>10} {'records':>10}  end offsets")
+        for info in describe_topics(settings, prefix_only=not args.all):
+            ends = ",".join(str(e) for e in info.end_offsets)
+            print(f"{info.name:<40} {info.partitions:>10} {info.records:>10}  {ends}")
+        return 0
+
+    if args.command == "worker":
+        from streams.app import run_worker
+        from streams.broker import ensure_broker
+
+        ensure_broker(settings)
+        run_worker(settings, args.loglevel)
+        return 0
+
+    if args.command == "simulate":
+        from streams.admin import ensure_topics
+        from streams.broker import ensure_broker
+        from streams.simulator.producer import SimulationOptions, run_simulation
+
+        ensure_broker(settings)
+        ensure_topics(settings)
+        report = run_simulation(settings, SimulationOptions(
+            scenario=args.scenario, rate=args.rate, duration_s=args.duration, seed=args.seed,
+            speedup=args.speedup))
+        print(report)
+        return 0
+
+    if args.command == "replay":
+        from streams.admin import ensure_topics
+        from streams.broker import ensure_broker
+        from streams.simulator.producer import replay_handbook
+
+        ensure_broker(settings)
+        ensure_topics(settings)
+        print(replay_handbook(settings, args.data, args.start, args.end, args.speedup))
+        return 0
+
+    if args.command == "tail":
+        from streams.tail import tail
+
+        try:
+            tail(settings, args.topic, args.from_beginning, args.max, args.json)
+        except KeyboardInterrupt:
+            pass
+        return 0
+
+    if args.command == "demo":
+        from streams.demo import DemoOptions, run_demo
+
+        summary = run_demo(settings, DemoOptions(
+            duration_s=args.duration, rate=args.rate, scenario=args.scenario, seed=args.seed,
+            keep_broker=args.keep_broker))
+        if args.summary_json:
+            args.summary_json.parent.mkdir(parents=True, exist_ok=True)
+            args.summary_json.write_text(json.dumps(summary, indent=2) + "\n")
+        ok = summary["verdicts"] >= summary["transactions"] == summary["unique_verdicts"]
+        return 0 if ok else 1
+
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

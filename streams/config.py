@@ -1,0 +1,99 @@
+"""The one configuration object.
+
+Every command reads its settings from here, and every setting comes from an environment variable
+with a safe default, so the same code runs against the embedded broker, a docker-compose cluster
+or a managed one without edits.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _env(name: str, default: str) -> str:
+    value = os.environ.get(name)
+    return default if value is None or value == "" else value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Runtime settings. Build with :meth:`from_env`; pass explicitly, never read globals."""
+
+    # Kafka. When bootstrap_servers is None the project runs its own embedded broker.
+    external_bootstrap: str | None = None
+    broker_port: int = 9092
+    controller_port: int = 9093
+    kafka_version: str = "4.3.1"
+    home: Path = field(default_factory=lambda: REPO_ROOT / ".rakshit")
+    schema_registry_url: str | None = None
+    topic_prefix: str = ""
+    default_partitions: int = 6
+
+    # Worker.
+    app_id: str = "rakshit-worker"
+    processing_guarantee: str = "at_least_once"
+    metrics_port: int = 9108
+    metrics_addr: str = "127.0.0.1"  # docker-compose sets 0.0.0.0 so Prometheus can scrape
+    commit_interval_s: float = 1.0
+
+    # Input validation: what counts as absurd.
+    max_record_bytes: int = 64 * 1024
+    max_amount: float = 1_000_000.0
+    max_future_skew_s: float = 600.0
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return self.external_bootstrap or f"127.0.0.1:{self.broker_port}"
+
+    @property
+    def embedded(self) -> bool:
+        return self.external_bootstrap is None
+
+    def to_env(self) -> dict[str, str]:
+        """The environment that makes `from_env` rebuild these settings in a child process."""
+        env = {
+            "RAKSHIT_BROKER_PORT": str(self.broker_port),
+            "RAKSHIT_CONTROLLER_PORT": str(self.controller_port),
+            "RAKSHIT_KAFKA_VERSION": self.kafka_version,
+            "RAKSHIT_HOME": str(self.home),
+            "RAKSHIT_TOPIC_PREFIX": self.topic_prefix,
+            "RAKSHIT_PARTITIONS": str(self.default_partitions),
+            "RAKSHIT_APP_ID": self.app_id,
+            "RAKSHIT_PROCESSING_GUARANTEE": self.processing_guarantee,
+            "RAKSHIT_METRICS_PORT": str(self.metrics_port),
+            "RAKSHIT_METRICS_ADDR": self.metrics_addr,
+            "RAKSHIT_COMMIT_INTERVAL_S": str(self.commit_interval_s),
+            "RAKSHIT_MAX_RECORD_BYTES": str(self.max_record_bytes),
+            "RAKSHIT_MAX_AMOUNT": str(self.max_amount),
+            "RAKSHIT_MAX_FUTURE_SKEW_S": str(self.max_future_skew_s),
+        }
+        if self.external_bootstrap:
+            env["KAFKA_BOOTSTRAP_SERVERS"] = self.external_bootstrap
+        if self.schema_registry_url:
+            env["SCHEMA_REGISTRY_URL"] = self.schema_registry_url
+        return env
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        return cls(
+            external_bootstrap=os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or None,
+            broker_port=int(_env("RAKSHIT_BROKER_PORT", "9092")),
+            controller_port=int(_env("RAKSHIT_CONTROLLER_PORT", "9093")),
+            kafka_version=_env("RAKSHIT_KAFKA_VERSION", "4.3.1"),
+            home=Path(_env("RAKSHIT_HOME", str(REPO_ROOT / ".rakshit"))),
+            schema_registry_url=os.environ.get("SCHEMA_REGISTRY_URL") or None,
+            topic_prefix=_env("RAKSHIT_TOPIC_PREFIX", ""),
+            default_partitions=int(_env("RAKSHIT_PARTITIONS", "6")),
+            app_id=_env("RAKSHIT_APP_ID", "rakshit-worker"),
+            processing_guarantee=_env("RAKSHIT_PROCESSING_GUARANTEE", "at_least_once"),
+            metrics_port=int(_env("RAKSHIT_METRICS_PORT", "9108")),
+            metrics_addr=_env("RAKSHIT_METRICS_ADDR", "127.0.0.1"),
+            commit_interval_s=float(_env("RAKSHIT_COMMIT_INTERVAL_S", "1.0")),
+            max_record_bytes=int(_env("RAKSHIT_MAX_RECORD_BYTES", str(64 * 1024))),
+            max_amount=float(_env("RAKSHIT_MAX_AMOUNT", "1000000")),
+            max_future_skew_s=float(_env("RAKSHIT_MAX_FUTURE_SKEW_S", "600")),
+        )

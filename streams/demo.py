@@ -1,0 +1,233 @@
+"""`rakshit demo`: the whole pipeline on one machine, with figures a person can check.
+
+Starts (or reuses) the broker, creates the topics, starts a worker process, drives the simulator,
+and reads the decision topic as a downstream service would (read_committed), until every
+transaction it produced has its verdict. Latency is measured from the moment the simulator hands a
+transaction to its producer to the moment its verdict is readable by that consumer.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from schemas.codec import make_codec
+from streams.admin import ensure_topics
+from streams.broker import embedded_broker, ensure_broker
+from streams.config import Settings
+from streams.topics import Topic, topic_name
+
+
+@dataclass(frozen=True)
+class DemoOptions:
+    duration_s: float = 20.0
+    rate: float = 200.0
+    scenario: str = "fraud"
+    seed: int = 7
+    keep_broker: bool = False
+    verdict_timeout_s: float = 60.0
+
+
+def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
+    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers,
+                         "group.id": "rakshit-offsets", "enable.auto.commit": False})
+    try:
+        meta = consumer.list_topics(topic, timeout=10)
+        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                for p in meta.topics[topic].partitions}
+    finally:
+        consumer.close()
+
+
+class VerdictCollector(threading.Thread):
+    """Reads the decision topic from given offsets and matches verdicts to produce times."""
+
+    def __init__(self, settings: Settings, start: dict[int, int]) -> None:
+        super().__init__(name="verdict-collector", daemon=True)
+        self.settings = settings
+        self.topic = topic_name(Topic.DECISIONS, settings.topic_prefix)
+        self.start_offsets = start
+        self.produced_at: dict[str, float] = {}
+        self.first_seen: dict[str, float] = {}
+        self.latencies_ms: list[float] = []
+        self.verdicts = 0
+        self.decisions: Counter[str] = Counter()
+        self.fallbacks: Counter[str] = Counter()
+        self.stop_event = threading.Event()
+        self.ready = threading.Event()
+
+    def on_transaction(self, transaction_id: str, produced_at: float) -> None:
+        self.produced_at[transaction_id] = produced_at
+
+    def run(self) -> None:
+        codec = make_codec(self.settings.schema_registry_url)
+        consumer = Consumer({"bootstrap.servers": self.settings.bootstrap_servers,
+                             "group.id": f"rakshit-demo-{time.time_ns()}",
+                             "enable.auto.commit": False, "isolation.level": "read_committed",
+                             "fetch.wait.max.ms": 5})
+        consumer.assign([TopicPartition(self.topic, p, o) for p, o in self.start_offsets.items()])
+        self.ready.set()
+        try:
+            while not self.stop_event.is_set():
+                for msg in consumer.consume(num_messages=1000, timeout=0.1):
+                    if msg.error():
+                        continue
+                    now = time.time()
+                    verdict = codec.decode(msg.value() or b"", topic=self.topic,
+                                           expect="verdict").record
+                    tx_id = verdict["transaction_id"]
+                    self.verdicts += 1
+                    if tx_id in self.first_seen:
+                        continue
+                    self.first_seen[tx_id] = now
+                    self.decisions[verdict["decision"]] += 1
+                    self.fallbacks.update(verdict["fallbacks"])
+                    produced = self.produced_at.get(tx_id)
+                    if produced is not None:
+                        self.latencies_ms.append((now - produced) * 1000.0)
+        finally:
+            consumer.close()
+
+    def missing(self) -> int:
+        return sum(1 for tx in list(self.produced_at) if tx not in self.first_seen)
+
+
+def wait_for_group(settings: Settings, group: str, worker: subprocess.Popen[bytes],
+                   timeout_s: float = 120.0) -> None:
+    """The worker is ready when its consumer group is stable with partitions assigned."""
+    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if worker.poll() is not None:
+            raise RuntimeError(f"worker exited with {worker.returncode} during start-up")
+        try:
+            desc = admin.describe_consumer_groups([group])[group].result(timeout=5)
+            assigned = sum(len(m.assignment.topic_partitions) for m in desc.members)
+            if str(desc.state).endswith("STABLE") and assigned:
+                return
+        except Exception:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"worker group {group} not stable within {timeout_s:.0f}s")
+
+
+def start_worker(settings: Settings, log_name: str) -> tuple[subprocess.Popen[bytes], str]:
+    logs = settings.home / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    log_path = logs / log_name
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker",
+                                 "--loglevel", "warn"], stdout=log, stderr=subprocess.STDOUT,
+                                env={**os.environ, **settings.to_env()},
+                                start_new_session=True)
+    return proc, str(log_path)
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def percentiles(values: list[float]) -> dict[str, float | None]:
+    if not values:
+        return {"p50": None, "p90": None, "p99": None, "max": None}
+    arr = np.asarray(values)
+    return {"p50": round(float(np.percentile(arr, 50)), 2),
+            "p90": round(float(np.percentile(arr, 90)), 2),
+            "p99": round(float(np.percentile(arr, 99)), 2),
+            "max": round(float(arr.max()), 2)}
+
+
+def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
+    from streams.simulator.producer import SimulationOptions, run_simulation
+
+    print(f"broker: {settings.bootstrap_servers}", flush=True)
+    started_broker = ensure_broker(settings)
+    ensure_topics(settings)
+    decisions = topic_name(Topic.DECISIONS, settings.topic_prefix)
+    dead_letters = topic_name(Topic.DEAD_LETTERS, settings.topic_prefix)
+    dlq_before = sum(end_offsets(settings, dead_letters).values())
+
+    worker, worker_log = start_worker(settings, "demo-worker.log")
+    try:
+        print(f"worker: pid {worker.pid}, log {worker_log}; waiting for partitions...", flush=True)
+        wait_for_group(settings, settings.app_id, worker)
+        collector = VerdictCollector(settings, end_offsets(settings, decisions))
+        collector.start()
+        collector.ready.wait(10)
+
+        report: list[Any] = []
+        sim = threading.Thread(target=lambda: report.append(run_simulation(
+            settings, SimulationOptions(scenario=options.scenario, rate=options.rate,
+                                        duration_s=options.duration_s, seed=options.seed),
+            on_transaction=collector.on_transaction)), name="simulator", daemon=True)
+        t0 = time.time()
+        sim.start()
+        while sim.is_alive():
+            sim.join(1.0)
+            print(f"  {time.time() - t0:5.1f}s  produced {len(collector.produced_at):>7}  "
+                  f"verdicts {len(collector.first_seen):>7}", flush=True)
+        deadline = time.monotonic() + options.verdict_timeout_s
+        while collector.missing() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        collector.stop_event.set()
+        collector.join(5)
+        dlq = sum(end_offsets(settings, dead_letters).values()) - dlq_before
+    finally:
+        stop_process(worker)
+        if started_broker and not options.keep_broker:
+            embedded_broker(settings).stop()
+            print("broker: stopped (started by this demo; --keep-broker leaves it up)")
+
+    transactions = len(collector.produced_at)
+    span = (max(collector.first_seen.values(), default=t0) - t0) if collector.first_seen else 0.0
+    summary: dict[str, Any] = {
+        "scenario": options.scenario,
+        "rate_requested_tps": options.rate,
+        "duration_s": options.duration_s,
+        "transactions": transactions,
+        "verdicts": collector.verdicts,
+        "unique_verdicts": len(collector.first_seen),
+        "missing_verdicts": collector.missing(),
+        "dead_letters": dlq,
+        "latency_ms": percentiles(collector.latencies_ms),
+        "throughput_tps": round(len(collector.first_seen) / span, 1) if span > 0 else 0.0,
+        "decisions": dict(collector.decisions),
+        "fallbacks": dict(collector.fallbacks),
+        "simulator": str(report[0]) if report else None,
+        "worker_log": worker_log,
+    }
+    print_summary(summary)
+    return summary
+
+
+def print_summary(s: dict[str, Any]) -> None:
+    lat = s["latency_ms"]
+    print()
+    print(f"Rakshit Pay demo: scenario {s['scenario']}, {s['duration_s']:.0f}s at "
+          f"{s['rate_requested_tps']:.0f} tx/s requested")
+    print(f"  transactions produced   {s['transactions']}")
+    print(f"  verdicts read           {s['verdicts']} ({s['unique_verdicts']} unique, "
+          f"{s['missing_verdicts']} missing)")
+    print(f"  dead letters            {s['dead_letters']}")
+    print(f"  decisions               {s['decisions']}")
+    print(f"  latency produce->verdict p50 {lat['p50']} ms, p90 {lat['p90']} ms, "
+          f"p99 {lat['p99']} ms, max {lat['max']} ms")
+    print(f"  throughput              {s['throughput_tps']} verdicts/s")

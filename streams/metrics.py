@@ -1,0 +1,25 @@
+"""Prometheus metrics served by the worker.
+
+Labels are topic names, reasons and decisions only: never a key, token or any record content, so
+no card data can reach a metric label.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+EVENTS_IN = Counter("rakshit_events_in", "Records consumed, by topic.", ["topic"])
+EVENTS_OUT = Counter("rakshit_events_out", "Records produced, by topic.", ["topic"])
+DEAD_LETTERS = Counter("rakshit_dead_letters", "Records sent to the dead-letter topic.",
+                       ["reason"])
+PAN_REDACTIONS = Counter("rakshit_pan_redactions",
+                         "Card numbers found in input and redacted before any write.", ["topic"])
+VERDICTS = Counter("rakshit_verdicts", "Verdicts produced, by decision.", ["decision"])
+VERDICT_LATENCY = Histogram(
+    "rakshit_verdict_latency_seconds",
+    "From the transaction's Kafka timestamp to its verdict handed to the producer.",
+    buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0),
+)
+CONSUMER_LAG = Gauge("rakshit_consumer_lag",
+                     "Records on the partition not yet processed by this worker.",
+                     ["topic", "partition"])

@@ -1,0 +1,76 @@
+"""Every topic the system uses, in one list.
+
+Name, partitions, retention and cleanup policy live here and nowhere else; `rakshit topics --create`
+and the worker both read this table. Topics that hold state (routing policy, cases) are compacted so
+a new reader rebuilds the current state from the topic alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+DAY_MS = 24 * 3600 * 1000
+DEAD_LETTER_MAX_BYTES = 2 * 1024 * 1024
+
+
+class Topic(StrEnum):
+    TRANSACTIONS = "transactions"
+    AUTH_OUTCOMES = "authorization-outcomes"
+    DECISIONS = "decisions"
+    LABELS = "labels"
+    HYPOTHESES = "hypotheses"
+    EXPERIMENTS = "experiments"
+    ROUTING_POLICY = "routing-policy"
+    CASES = "cases"
+    DEAD_LETTERS = "dead-letters"
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    topic: Topic
+    schema: str  # the .avsc file (without extension) its values follow
+    key: str  # what the record key is, for producers
+    partitions: int | None  # None: the configured default
+    retention_ms: int  # -1: keep forever
+    compacted: bool
+    doc: str
+    max_message_bytes: int | None = None  # None: the broker's default (1 MiB)
+
+    def config(self) -> dict[str, str]:
+        cfg = {"cleanup.policy": "compact" if self.compacted else "delete",
+               "retention.ms": str(self.retention_ms)}
+        if self.max_message_bytes:
+            cfg["max.message.bytes"] = str(self.max_message_bytes)
+        return cfg
+
+
+TOPICS: tuple[TopicSpec, ...] = (
+    TopicSpec(Topic.TRANSACTIONS, "transaction", "card_token", None, 7 * DAY_MS, False,
+              "Authorization requests from gateways."),
+    TopicSpec(Topic.AUTH_OUTCOMES, "authorization_outcome", "card_token", None, 7 * DAY_MS, False,
+              "What each route/issuer answered."),
+    TopicSpec(Topic.DECISIONS, "verdict", "transaction_id", None, 30 * DAY_MS, False,
+              "One fraud verdict per transaction, plus analyst overrides."),
+    TopicSpec(Topic.LABELS, "label", "transaction_id", None, 400 * DAY_MS, False,
+              "Confirmed fraud and chargebacks, arriving days after the transaction."),
+    TopicSpec(Topic.HYPOTHESES, "hypothesis", "cell", 1, 30 * DAY_MS, False,
+              "The Analyst's degradation hypotheses (it never acts)."),
+    TopicSpec(Topic.EXPERIMENTS, "experiment", "experiment_id", 1, 90 * DAY_MS, False,
+              "Every step of every Pilot experiment, for SREs to tail."),
+    TopicSpec(Topic.ROUTING_POLICY, "routing_policy", "issuer_id", 1, -1, True,
+              "Current route weights per issuer; gateways follow it."),
+    TopicSpec(Topic.CASES, "case", "case_id", None, -1, True,
+              "Fraud-analyst cases, latest state per case."),
+    TopicSpec(Topic.DEAD_LETTERS, "dead_letter", "source", 1, 30 * DAY_MS, False,
+              "Records that could not be processed: original bytes (card data redacted) and reason.",
+              # Room for any record the input topics accept (1 MiB) plus the dead-letter envelope.
+              max_message_bytes=DEAD_LETTER_MAX_BYTES),
+)
+
+SPECS: dict[Topic, TopicSpec] = {spec.topic: spec for spec in TOPICS}
+
+
+def topic_name(topic: Topic, prefix: str = "") -> str:
+    """The Kafka name of a topic; the prefix lets tests share one broker without colliding."""
+    return f"{prefix}rakshit.{topic.value}"

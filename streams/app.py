@@ -45,6 +45,10 @@ def create_app(settings: Settings) -> faust.App:
         datadir=str(datadir),
         processing_guarantee=settings.processing_guarantee,
         broker_commit_interval=settings.commit_interval_s,
+        # A killed worker's partitions are reassigned only when its session expires; Faust's 60 s
+        # default would stall verdicts for a minute after a crash.
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=2.0,
         consumer_auto_offset_reset="earliest",
         producer_acks=-1,
         producer_max_request_size=DEAD_LETTER_MAX_BYTES + 64 * 1024,

@@ -69,6 +69,9 @@ class DecodeError(Exception):
         self.reason: DecodeReason = reason
         self.field = field
 
+    def __reduce__(self) -> tuple[Any, ...]:  # keyword state survives pickling across processes
+        return (_rebuild_decode_error, (self.reason, str(self), self.field))
+
 
 class EncodeError(ValueError):
     """The record does not match its schema: a bug in the producing code, not bad input."""
@@ -76,6 +79,17 @@ class EncodeError(ValueError):
     def __init__(self, message: str, *, field: str | None = None) -> None:
         super().__init__(redact_text(message)[0])
         self.field = field
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_encode_error, (str(self), self.field))
+
+
+def _rebuild_decode_error(reason: DecodeReason, message: str, field: str | None) -> DecodeError:
+    return DecodeError(reason, message, field=field)
+
+
+def _rebuild_encode_error(message: str, field: str | None) -> EncodeError:
+    return EncodeError(message, field=field)
 
 
 @dataclass(frozen=True)
@@ -140,7 +154,7 @@ def _load_dir(directory: Path) -> dict[str, _Schema]:
             named=named,
             full_name=parsed["name"],
             fingerprint=_fingerprint(parsed),
-            prepare=_decimal_fixer(parsed, named),
+            prepare=_preparer(parsed, named),
         )
     return out
 
@@ -391,6 +405,7 @@ def make_codec(schema_registry_url: str | None) -> Codec:
 # serves (a) and (b); ``json`` selects the lenient source forms JSON needs.
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_NOT_ARRAYS = (str, bytes, bytearray, Mapping)  # iterable, yet never meant as an Avro array
 _INT_RANGE = {"int": (-(2**31), 2**31 - 1), "long": (-(2**63), 2**63 - 1)}
 _JSON_KIND = {
     type(None): "null",
@@ -434,18 +449,21 @@ class _Walk:
             return self.record(value, schema, path)
         if kind == "enum":
             return self.enum(value, schema, path)
-        if (
-            kind == "array"
-            and isinstance(value, list | tuple)
-            and (not self.json or isinstance(value, list))
-        ):
+        if kind == "array":
+            is_array = (
+                isinstance(value, list)
+                if self.json
+                else isinstance(value, Iterable) and not isinstance(value, _NOT_ARRAYS)
+            )
+            if not is_array:
+                raise self.wrong(value, schema, path)
             return [self.convert(v, schema["items"], f"{path}[{i}]") for i, v in enumerate(value)]
-        if kind == "map" and isinstance(value, Mapping) and all(isinstance(k, str) for k in value):
+        if kind == "map":
+            if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
+                raise self.wrong(value, schema, path)
             return {k: self.convert(v, schema["values"], f"{path}[]") for k, v in value.items()}
         if kind == "fixed":
             return self.primitive(value, "bytes", path, size=schema["size"], schema=schema)
-        if kind in ("array", "map"):
-            raise self.wrong(value, schema, path)
         return self.convert(value, kind, path)
 
     def wrong(self, value: Any, schema: Any, path: str, why: str = "") -> _Invalid:
@@ -588,11 +606,11 @@ class _Walk:
         if self.json and isinstance(value, str):
             try:
                 parsed = datetime.fromisoformat(value)
-            except ValueError:
+                if parsed.tzinfo is None:  # guessing the zone would shift every window feature
+                    raise self.wrong(value, schema, path, "got a time without a UTC offset")
+                parsed = parsed.astimezone(UTC)
+            except (ValueError, OverflowError):
                 raise self.wrong(value, schema, path, "got an unparseable string") from None
-            if parsed.tzinfo is None:  # guessing the zone would shift every window feature
-                raise self.wrong(value, schema, path, "got a time without a UTC offset")
-            parsed = parsed.astimezone(UTC)
             return parsed.replace(microsecond=parsed.microsecond // 1000 * 1000)
         raise self.wrong(value, schema, path)
 
@@ -630,21 +648,25 @@ def _diagnose(record: Any, schema: dict[str, Any], named: Mapping[str, Any]) -> 
     return None
 
 
-def _decimal_fixer(schema: Any, named: Mapping[str, Any]) -> Callable[[Any], Any] | None:
-    """A function quantizing the money in a record, or None for schemas without decimals.
+def _preparer(
+    schema: Any, named: Mapping[str, Any], in_union: bool = False
+) -> Callable[[Any], Any] | None:
+    """A function readying a record for fastavro, or None when nothing needs doing.
 
-    fastavro refuses a Decimal with more places than the schema's scale, and callers compute
-    amounts (fees, conversions) that have them. Built once per schema so records without money
-    pay nothing; the fixer copies containers it changes and never mutates the caller's record.
+    Two gaps in fastavro are closed here. It refuses a Decimal with more places than the schema's
+    scale, yet callers compute amounts (fees, conversions) that have them, so money is quantized.
+    And it writes any iterable as an array, so ``"none"`` where a list belongs would silently
+    become ``["n", "o", "n", "e"]``; such values are refused. Built once per schema so records
+    without money or arrays pay nothing; containers are copied, never the caller's mutated.
     """
     schema = named.get(schema, schema) if isinstance(schema, str) else schema
     if isinstance(schema, list):
-        fixers = [f for f in (_decimal_fixer(b, named) for b in schema) if f is not None]
+        fixers = [f for f in (_preparer(b, named, True) for b in schema) if f is not None]
         if not fixers:
             return None
 
         def fix_union(value: Any) -> Any:
-            for fix in fixers:  # each fixer ignores values of shapes it does not handle
+            for fix in fixers:  # each ignores values of shapes it does not handle
                 value = fix(value)
             return value
 
@@ -652,17 +674,22 @@ def _decimal_fixer(schema: Any, named: Mapping[str, Any]) -> Callable[[Any], Any
     if not isinstance(schema, dict):
         return None
     if schema.get("logicalType") == "decimal":
-        scale = schema.get("scale", 0)
+        scale, precision = schema.get("scale", 0), schema["precision"]
 
         def fix_decimal(value: Any) -> Any:
             if isinstance(value, int) and not isinstance(value, bool):
                 value = Decimal(value)
-            return _quantize(value, scale) if isinstance(value, Decimal) else value
+            if not isinstance(value, Decimal):
+                return value
+            value = _quantize(value, scale)
+            if len(value.as_tuple().digits) > precision:  # fastavro would write it regardless
+                raise ValueError("decimal exceeds the schema's precision")
+            return value
 
         return fix_decimal
     kind = schema["type"]
     if kind == "record":
-        fields = [(f["name"], _decimal_fixer(f["type"], named)) for f in schema["fields"]]
+        fields = [(f["name"], _preparer(f["type"], named)) for f in schema["fields"]]
         active = [(name, fix) for name, fix in fields if fix is not None]
         if not active:
             return None
@@ -677,19 +704,30 @@ def _decimal_fixer(schema: Any, named: Mapping[str, Any]) -> Callable[[Any], Any
             return copy
 
         return fix_record
-    if kind in ("array", "map"):
-        inner = _decimal_fixer(schema["items" if kind == "array" else "values"], named)
-        if inner is None:
+    if kind == "array":
+        items = _preparer(schema["items"], named)
+        if items is None and in_union:  # a str may belong to another branch
             return None
 
-        def fix_container(value: Any) -> Any:
-            if isinstance(value, list | tuple):
-                return [inner(v) for v in value]
+        def fix_array(value: Any) -> Any:
+            if isinstance(value, _NOT_ARRAYS) or value is None:
+                if in_union:
+                    return value
+                raise TypeError("array value must be a sequence, not a string or mapping")
+            return value if items is None else [items(v) for v in value]
+
+        return fix_array
+    if kind == "map":
+        values = _preparer(schema["values"], named)
+        if values is None:
+            return None
+
+        def fix_map(value: Any) -> Any:
             if isinstance(value, Mapping):
-                return {k: inner(v) for k, v in value.items()}
+                return {k: values(v) for k, v in value.items()}
             return value
 
-        return fix_container
+        return fix_map
     return None
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from streams.config import REPO_ROOT, Settings
 
-SCENARIOS = ("normal", "fraud", "issuer-outage", "issuer-wide-outage")
+from streams.simulator.scenarios import scenario_names
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
                         choices=("crit", "error", "warn", "info", "debug"))
 
     simulate = sub.add_parser("simulate", help="produce gateway traffic")
-    simulate.add_argument("--scenario", default="normal", choices=SCENARIOS)
+    simulate.add_argument("--scenario", default="normal", choices=scenario_names())
     simulate.add_argument("--rate", type=float, default=100.0, help="transactions per second")
     simulate.add_argument("--duration", type=float, default=30.0,
                           help="seconds of wall time; 0 runs until interrupted")
@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="broker, topics, worker and simulator, with a summary")
     demo.add_argument("--duration", type=float, default=20.0)
     demo.add_argument("--rate", type=float, default=200.0)
-    demo.add_argument("--scenario", default="fraud", choices=SCENARIOS)
+    demo.add_argument("--scenario", default="fraud", choices=scenario_names())
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--summary-json", type=Path, default=None)
     demo.add_argument("--keep-broker", action="store_true",

@@ -48,8 +48,8 @@ def check_transaction(tx: Mapping[str, Any], now: datetime, limits: Limits) -> R
         if not str(tx[name]).strip():
             return Rejection("invalid_value", f"{name} is empty")
     amount: Decimal = tx["amount"]
-    if amount <= 0:
-        return Rejection("invalid_value", f"amount must be positive, got {amount}")
+    if amount < 0:  # zero is a card-verification authorization, a real and common request
+        return Rejection("invalid_value", f"amount must not be negative, got {amount}")
     if amount > limits.max_amount:
         return Rejection("invalid_value", f"amount {amount} exceeds the limit {limits.max_amount}")
     if not CURRENCY.match(tx["currency"]):

@@ -13,11 +13,12 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from confluent_kafka import KafkaError
 from fastavro import parse_schema
 from fastavro.validation import validate
 
@@ -29,6 +30,7 @@ from streams.simulator.producer import (
     DeliveryFailed,
     SimulationOptions,
     TokenBucket,
+    build_generator,
     replay_handbook,
     run_simulation,
 )
@@ -309,13 +311,30 @@ def test_issuer_wide_outage_hits_every_route_to_the_issuer(population: Populatio
 
 
 def test_issuer_declines_do_not_depend_on_the_route(population: Population) -> None:
-    generator, events = _outage_run(population, "issuer-outage")
+    _, events = _outage_run(population, "issuer-outage")
     delivered: dict[str, list[bool]] = defaultdict(list)
     for event in events:
         if event.outcome["result"] in ("APPROVED", "ISSUER_DECLINE"):
             delivered[event.outcome["route"]].append(event.outcome["result"] == "ISSUER_DECLINE")
     rates = [sum(v) / len(v) for v in delivered.values()]
     assert all(0.02 < r < 0.08 for r in rates) and max(rates) - min(rates) < 0.015
+
+
+def test_run_options_place_the_outage_in_wall_time() -> None:
+    options = SimulationOptions(scenario="issuer-outage", speedup=100, outage_start_s=30,
+                                outage_duration_s=120, outage_success=0.3, customers=200,
+                                merchants=50)
+    world = build_population(options.seed, customers=200, merchants=50)
+    issuer = world.issuer_ids[-1]
+    clock = EventClock.for_run(600, 100)
+    generator = build_generator(replace(options, outage_issuer=issuer), clock)
+    (outage,) = generator.outages
+    assert outage.start - clock.start == timedelta(seconds=3000)
+    assert outage.end - outage.start == timedelta(seconds=12_000)
+    assert outage.issuer_id == issuer and outage.route_ids == {world.primary_route(issuer)}
+    assert outage.success == 0.3
+    with pytest.raises(KeyError, match="unknown issuer"):
+        build_generator(replace(options, outage_issuer="iss-nobody"), clock)
 
 
 # -- routing ------------------------------------------------------------------------------------
@@ -444,13 +463,17 @@ def test_event_clock_never_runs_into_the_future() -> None:
     wall.now = begin + 600
     assert clock.now().timestamp() == pytest.approx(wall.now, abs=0.002)
 
-    unbounded = EventClock.for_run(0, speedup=50, wall=FakeWall(begin))
+    wall.now = begin
+    unbounded = EventClock.for_run(0, speedup=50, wall=wall)
+    assert unbounded.start < datetime.fromtimestamp(begin, UTC)  # history to cover first
     for elapsed in (0, 100, 1e5, 1e7):
-        unbounded._wall = FakeWall(begin + elapsed)
-        assert unbounded.now().timestamp() <= begin + elapsed + 1e-6
-    future = EventClock(datetime.fromtimestamp(begin, UTC), 10, allow_future=True,
-                        wall=FakeWall(begin + 100))
-    assert future.now().timestamp() > begin + 100  # only when asked for
+        wall.now = begin + elapsed
+        assert unbounded.now().timestamp() <= wall.now + 1e-6
+
+    wall.now = begin
+    future = EventClock(datetime.fromtimestamp(begin, UTC), 10, allow_future=True, wall=wall)
+    wall.now = begin + 100
+    assert future.now().timestamp() == pytest.approx(begin + 1000)  # only when asked for
 
 
 def test_token_bucket_paces_to_the_rate() -> None:
@@ -584,7 +607,7 @@ def _dates(obj: dict[str, Any]) -> dict[str, Any]:
 
 
 class FakeProducer:
-    instances: list[FakeProducer] = []
+    instances: ClassVar[list[FakeProducer]] = []
     fail_topic: str | None = None
 
     def __init__(self, config: dict[str, Any]) -> None:
@@ -630,14 +653,14 @@ class FakeMessage:
 
         class Eof:
             def code(self) -> int:
-                return producer_module.KafkaError._PARTITION_EOF
+                return int(KafkaError._PARTITION_EOF)
 
         return Eof()
 
 
 class FakeConsumer:
-    queued: list[FakeMessage] = []
-    config: dict[str, Any] = {}
+    queued: ClassVar[list[FakeMessage]] = []
+    config: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, config: dict[str, Any]) -> None:
         FakeConsumer.config = config
@@ -686,8 +709,10 @@ def test_run_simulation_paces_keys_and_reports(fake_kafka: FakeCodec) -> None:
         FakeMessage(policy_topic, None, eof=True),
     ]
     produced: list[tuple[str, float]] = []
+    # ~8.7 days of event time in 1.5 s; labels known within a day, so most come due in the run.
     options = SimulationOptions(scenario="fraud", rate=2000, duration_s=1.5, seed=7,
-                                speedup=500_000, customers=300, merchants=80)
+                                speedup=500_000, customers=300, merchants=80,
+                                label_delay_days=(0.5, 1.0))
     began = time.time()
     report = run_simulation(settings, options,
                             on_transaction=lambda tx_id, at: produced.append((tx_id, at)))

@@ -47,7 +47,8 @@ COUNTRIES: tuple[Country, ...] = (
     Country("US", "USD", 40.71, -74.01, 0.12, 1.0),
     Country("SG", "SGD", 1.35, 103.82, 0.08, 1.35),
     Country("AE", "AED", 25.20, 55.27, 0.05, 3.67),
-    Country("BR", "BRL", -23.55, -46.63, 0.0, 5.0),  # nobody lives here: only fraudsters shop from it
+    # Nobody lives here: only fraudsters shop from it.
+    Country("BR", "BRL", -23.55, -46.63, 0.0, 5.0),
 )
 COUNTRY_BY_CODE: dict[str, Country] = {c.code: c for c in COUNTRIES}
 

@@ -44,7 +44,9 @@ class SimulationOptions:
     # Outage placement (scenarios with an outage); None picks the busiest issuer / its primary.
     outage_issuer: str | None = None
     outage_route: str | None = None
-    outage_start_s: float | None = None  # event seconds after the run's first event
+    # Wall seconds into the run (None: the scenario's 60 s / 600 s), scaled by speedup into event
+    # time, so the outage stays on screen for the same time whatever the speedup.
+    outage_start_s: float | None = None
     outage_duration_s: float | None = None
     outage_success: float | None = None
     customers: int = 2000
@@ -65,7 +67,8 @@ class SimulationReport:
     policies_ignored: int = 0
     delivery_errors: int = 0
     wall_seconds: float = 0.0
-    errors: list[str] = field(default_factory=list)  # first few delivery/policy errors
+    errors: list[str] = field(default_factory=list)  # first few delivery failures
+    policy_errors: list[str] = field(default_factory=list)  # first few refused policies
 
 
 class DeliveryFailed(RuntimeError):
@@ -214,22 +217,22 @@ class _PolicyFollower(threading.Thread):
         self._report.policies_ignored = self._table.ignored
 
     def _note(self, text: str) -> None:
-        if len(self._report.errors) < 10:
-            self._report.errors.append(text)
+        if len(self._report.policy_errors) < 10:
+            self._report.policy_errors.append(text)
 
 
 def _options_scenario(options: SimulationOptions) -> Scenario:
+    """The scenario with the run's outage placement; wall seconds become event seconds."""
     scenario = get_scenario(options.scenario)
-    if scenario.outage is None:
-        return scenario
     outage = scenario.outage
-    return replace(scenario, outage=replace(
-        outage,
-        start_s=outage.start_s if options.outage_start_s is None else options.outage_start_s,
-        duration_s=(outage.duration_s if options.outage_duration_s is None
-                    else options.outage_duration_s),
-        success=outage.success if options.outage_success is None else options.outage_success,
-    ))
+    if outage is None:
+        return scenario
+    start = outage.start_s if options.outage_start_s is None else options.outage_start_s
+    duration = outage.duration_s if options.outage_duration_s is None else options.outage_duration_s
+    success = outage.success if options.outage_success is None else options.outage_success
+    return replace(scenario, outage=replace(outage, start_s=start * options.speedup,
+                                            duration_s=duration * options.speedup,
+                                            success=success))
 
 
 def build_generator(

@@ -54,6 +54,9 @@ class FraudMix:
     account_takeover: float = 3.0
     compromised_terminal: float = 0.5
     amount_spike: float = 10.0
+    # A compromised terminal taints all its traffic, which grows with the event rate; capping how
+    # many are compromised at once keeps the fraud share bounded at any rate and speedup.
+    max_compromised_terminals: int = 2
 
     def start_probabilities(self) -> tuple[tuple[FraudKind, float], ...]:
         return (
@@ -177,13 +180,3 @@ def degraded_condition(healthy: RouteCondition, outage: Outage) -> RouteConditio
                           healthy.latency_mu + math.log(outage.latency_factor),
                           healthy.latency_sigma + 0.2, outage.failure_mix)
 
-
-def route_condition(
-    population: Population, outages: tuple[Outage, ...], route_id: str, issuer_id: str, ts: float
-) -> RouteCondition:
-    """The condition of a cell at POSIX time ``ts``: baseline unless an outage covers it."""
-    condition = healthy_condition(population.route(route_id), issuer_id)
-    for outage in outages:
-        if outage.affects(route_id, issuer_id, ts):
-            condition = degraded_condition(condition, outage)
-    return condition

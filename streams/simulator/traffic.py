@@ -220,6 +220,7 @@ class TrafficGenerator:
         fraud = self.scenario.fraud
         self._fraud_starts = fraud.start_probabilities() if fraud is not None else ()
         self._fraud_any = sum(p for _, p in self._fraud_starts)
+        self._max_compromised = fraud.max_compromised_terminals if fraud is not None else 0
         self._planned: list[tuple[float, int, _Planned]] = []
         self._compromised: dict[str, tuple[float, float]] = {}  # terminal -> (start_ts, end_ts)
         self._pending_labels: list[tuple[float, int, dict[str, Any]]] = []
@@ -261,11 +262,9 @@ class TrafficGenerator:
     def pending_labels(self) -> int:
         return len(self._pending_labels)
 
-    def outage_active(self, route_id: str, issuer_id: str, event_time: datetime) -> bool:
-        ts = event_time.timestamp()
-        return any(o.affects(route_id, issuer_id, ts) for o in self.outages)
-
     def condition(self, route_id: str, issuer_id: str, ts: float) -> RouteCondition:
+        """What the (route, issuer) cell delivers at POSIX time ``ts``: baseline unless an
+        outage covers it (looked up from precomputed conditions: this runs per transaction)."""
         for outage, start, end in self._outage_windows:
             if start <= ts < end and issuer_id == outage.issuer_id and route_id in outage.route_ids:
                 return self._degraded[((route_id, issuer_id), outage)]
@@ -399,9 +398,14 @@ class TrafficGenerator:
     def _compromised_terminal(self, rng: random.Random, shape: CampaignShape, times: list[float],
                               until: float) -> None:
         """Skimmed cards replayed at one terminal; its genuine traffic is tainted too."""
-        merchant = rng.choices(self._all_merchants, cum_weights=self._merchant_cum)[0]
+        now = times[0]
+        for expired in [t for t, (_, end) in self._compromised.items() if end <= now]:
+            del self._compromised[expired]
+        if len(self._compromised) >= self._max_compromised:
+            return
+        merchant = rng.choice(self._all_merchants)
         terminal = rng.choice(merchant.terminals)
-        self._compromised[terminal] = (times[0], until)
+        self._compromised[terminal] = (now, until)
         for at in times:
             victim = rng.choices(self._customers, cum_weights=self._customer_cum)[0]
             amount = victim.typical_spend * rng.uniform(*shape.amount)

@@ -1,0 +1,101 @@
+"""The per-record path without a broker: the same Processor the Faust agent drives."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+
+from schemas.codec import make_codec
+from scoring import velocity
+from scoring.rules import RuleEngine
+from streams.config import Settings
+from streams.processing import Admitted, Output, Processor, Source
+from tests.factories import transaction
+
+TOPIC = "rakshit.transactions"
+
+
+@pytest.fixture
+def processor() -> Processor:
+    return Processor(Settings(max_record_bytes=2048), make_codec(None), RuleEngine.from_file())
+
+
+def source(offset: int = 0) -> Source:
+    return Source(TOPIC, 0, offset, b"k")
+
+
+def admit(processor: Processor, tx: dict[str, object]) -> Admitted | Output:
+    raw = processor.codec.encode("transaction", tx, topic=TOPIC)
+    return processor.admit(raw, source(), "transaction")
+
+
+def reason_of(processor: Processor, out: Admitted | Output) -> str:
+    assert isinstance(out, Output), "expected a dead letter"
+    return str(processor.codec.decode(out.value, topic=out.topic, expect="dead_letter")
+               .record["reason"])
+
+
+def test_good_transaction_is_admitted(processor: Processor) -> None:
+    out = admit(processor, transaction(1))
+    assert isinstance(out, Admitted)
+    assert out.record["amount"] == Decimal("42.50")
+    # Zero-amount authorizations are card checks, not bad input (the handbook data has them too).
+    assert isinstance(admit(processor, transaction(2, amount="0.00")), Admitted)
+
+
+@pytest.mark.parametrize(("change", "reason"), [
+    ({"amount": Decimal("-1.00")}, "invalid_value"),
+    ({"amount": Decimal("5000000.00")}, "invalid_value"),
+    ({"currency": "euro"}, "invalid_value"),
+    ({"country": "Germany"}, "invalid_value"),
+    ({"card_token": " "}, "invalid_value"),
+    ({"geo": {"lat": 123.0, "lon": 0.0}}, "invalid_value"),
+    ({"event_time": datetime.now(UTC) + timedelta(hours=1)}, "future_event_time"),
+    ({"event_time": datetime(1990, 1, 1, tzinfo=UTC)}, "invalid_value"),
+    ({"merchant_name": "x" * 3000}, "oversized"),
+])
+def test_absurd_values_are_dead_lettered(processor: Processor, change: dict[str, object],
+                                         reason: str) -> None:
+    assert reason_of(processor, admit(processor, transaction(1, **change))) == reason
+
+
+def test_card_number_in_a_string_field_is_redacted_and_counted(processor: Processor) -> None:
+    out = admit(processor, transaction(1, merchant_name="pay 4111 1111 1111 1111 now"))
+    assert isinstance(out, Admitted)
+    assert out.pan_redactions == 1
+    assert "4111" not in out.record["merchant_name"]
+
+
+def test_dead_letter_keeps_the_whole_record_with_card_data_masked(processor: Processor) -> None:
+    raw = b"not avro 4111111111111111 trailing"
+    out = processor.admit(raw, source(7), "transaction")
+    assert isinstance(out, Output)
+    letter = processor.codec.decode(out.value, topic=out.topic, expect="dead_letter").record
+    assert letter["reason"] == "undecodable"
+    assert letter["source_offset"] == 7 and letter["source_topic"] == TOPIC
+    assert len(letter["original"]) == len(raw) and b"4111111111111111" not in letter["original"]
+    assert letter["original"].startswith(b"not avro ") and letter["pan_redactions"] == 1
+
+
+def test_verdict_from_rules_only(processor: Processor) -> None:
+    start = datetime.now(UTC) - timedelta(minutes=30)
+    history: list[velocity.Entry] = []
+    decisions = []
+    for i in range(9):
+        tx = transaction(i, card="tok_a", when=start + timedelta(minutes=i))
+        history = velocity.record(history, velocity_ms(tx), tx["transaction_id"])
+        decision = processor.decide(tx, history)
+        out = processor.verdict(tx, decision, 0.0, source(i))
+        verdict = processor.codec.decode(out.value, topic=out.topic, expect="verdict").record
+        assert out.key == tx["transaction_id"].encode()
+        decisions.append(verdict["decision"])
+        assert verdict["customer_message"] and "0." not in verdict["customer_message"]
+    assert decisions == ["APPROVE"] * 7 + ["REVIEW"] * 2
+
+
+def velocity_ms(tx: dict[str, object]) -> int:
+    when = tx["event_time"]
+    assert isinstance(when, datetime)
+    return int(when.timestamp() * 1000)

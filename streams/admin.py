@@ -7,10 +7,11 @@ exists with fewer partitions than declared is reported, not silently used.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from streams.config import Settings
 from streams.topics import TOPICS, topic_name
@@ -55,7 +56,24 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> dict[str, str]
                 if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
                     raise
                 result[name] = "exists"
+        _wait_for_leaders(admin, [t.topic for t in wanted], timeout_s)
     return result
+
+
+def _wait_for_leaders(admin: AdminClient, names: list[str], timeout_s: float) -> None:
+    """A created topic is usable only once every partition has a leader; callers read offsets
+    straight away, so return only then."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        topics = admin.list_topics(timeout=timeout_s).topics
+        pending = [n for n in names if n not in topics
+                   or not topics[n].partitions
+                   or any(p.leader < 0 for p in topics[n].partitions.values())]
+        if not pending:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"topics without a leader after {timeout_s:.0f}s: {pending}")
+        time.sleep(0.1)
 
 
 def describe_topics(settings: Settings, prefix_only: bool = True,

@@ -107,7 +107,7 @@ def create_app(settings: Settings) -> faust.App:
             if not isinstance(admitted, Admitted):
                 await send(admitted)
 
-    @app.timer(interval=5.0)
+    @app.timer(interval=5.0)  # type: ignore[untyped-decorator]
     async def report_lag() -> None:
         consumer = app.consumer
         for tp in consumer.assignment():
@@ -120,7 +120,7 @@ def create_app(settings: Settings) -> faust.App:
             done = processed.get((tp.topic, tp.partition), -1) + 1
             metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, high - done))
 
-    @app.task
+    @app.task  # type: ignore[untyped-decorator]
     async def serve_metrics() -> None:
         if settings.metrics_port:
             start_http_server(settings.metrics_port, addr=settings.metrics_addr)

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from datetime import date
 from pathlib import Path
 
 from streams.config import REPO_ROOT, Settings
-
 from streams.simulator.scenarios import scenario_names
 
 
@@ -132,10 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "tail":
         from streams.tail import tail
 
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             tail(settings, args.topic, args.from_beginning, args.max, args.json)
-        except KeyboardInterrupt:
-            pass
         return 0
 
     if args.command == "demo":

@@ -63,7 +63,7 @@ TOPICS: tuple[TopicSpec, ...] = (
     TopicSpec(Topic.CASES, "case", "case_id", None, -1, True,
               "Fraud-analyst cases, latest state per case."),
     TopicSpec(Topic.DEAD_LETTERS, "dead_letter", "source", 1, 30 * DAY_MS, False,
-              "Records that could not be processed: original bytes (card data redacted) and reason.",
+              "Records that could not be processed: original bytes (card data redacted), reason.",
               # Room for any record the input topics accept (1 MiB) plus the dead-letter envelope.
               max_message_bytes=DEAD_LETTER_MAX_BYTES),
 )

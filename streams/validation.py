@@ -35,9 +35,9 @@ class Rejection:
 def _event_time(record: Mapping[str, Any], now: datetime, limits: Limits) -> Rejection | None:
     ts: datetime = record["event_time"]
     if (ts - now).total_seconds() > limits.max_future_skew_s:
-        return Rejection("future_event_time",
-                         f"event_time {ts.isoformat()} is more than {limits.max_future_skew_s:.0f}s "
-                         f"ahead of the worker clock")
+        skew = limits.max_future_skew_s
+        return Rejection("future_event_time", f"event_time {ts.isoformat()} is more than "
+                                              f"{skew:.0f}s ahead of the worker clock")
     if ts < EARLIEST:
         return Rejection("invalid_value", f"event_time {ts.isoformat()} is before {EARLIEST.year}")
     return None

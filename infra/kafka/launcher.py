@@ -13,6 +13,7 @@ shutdown and only then kills.
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import shutil
 import signal
@@ -21,6 +22,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from confluent_kafka.admin import AdminClient
 
@@ -85,8 +87,9 @@ class BrokerStatus:
 
 def answers(bootstrap: str, timeout_s: float = 2.0) -> bool:
     """True when the cluster answers a metadata request with at least one broker."""
-    admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 2000,
-                         "log_level": 0, "logger": _SilentLogger()})
+    config: dict[str, Any] = {"bootstrap.servers": bootstrap, "socket.timeout.ms": 2000,
+                              "log_level": 0, "logger": _SilentLogger()}
+    admin = AdminClient(config)
     try:
         meta = admin.list_topics(timeout=timeout_s)
     except Exception:
@@ -204,7 +207,7 @@ class EmbeddedBroker:
         self.ensure_jars()
         props = self._configure()
         cluster_id = (self.run_dir / "cluster-id").read_text().strip()
-        # StorageTool's main calls System.exit, so it runs in its own JVM. -g: already formatted is ok.
+        # StorageTool calls System.exit, so it runs in its own JVM. -g: already formatted is ok.
         fmt = subprocess.run(self._java("kafka.tools.StorageTool", "format", "-t", cluster_id,
                                         "-c", str(props), "-g"),
                              capture_output=True, text=True, check=False)
@@ -248,8 +251,6 @@ class EmbeddedBroker:
 
 
 def _reap(pid: int) -> None:
-    """Collect the exit status when the broker is our own child, so it does not linger as a zombie."""
-    try:
+    """Collect the exit status when the broker is our own child, so it is not left a zombie."""
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass

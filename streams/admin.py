@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from streams.config import Settings
@@ -83,17 +83,47 @@ def describe_topics(settings: Settings, prefix_only: bool = True,
     meta = admin.list_topics(timeout=timeout_s)
     ours = f"{settings.topic_prefix}rakshit."
     names = sorted(n for n in meta.topics if not prefix_only or n.startswith(ours))
-    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers,
-                         "group.id": "rakshit-topics-inspector", "enable.auto.commit": False})
+    consumer = _offsets_consumer(settings)
     try:
         infos = []
         for name in names:
             parts = sorted(meta.topics[name].partitions)
-            ends = []
-            for p in parts:
-                _, high = consumer.get_watermark_offsets(TopicPartition(name, p), timeout=timeout_s)
-                ends.append(high)
+            ends = [_high_watermark(consumer, name, p, timeout_s) for p in parts]
             infos.append(TopicInfo(name, len(parts), tuple(ends)))
         return infos
     finally:
         consumer.close()
+
+
+def end_offsets(settings: Settings, topic: str, timeout_s: float = 10.0) -> dict[int, int]:
+    """Partition -> offset of the next record to be written."""
+    consumer = _offsets_consumer(settings)
+    try:
+        meta = consumer.list_topics(topic, timeout=timeout_s)
+        return {p: _high_watermark(consumer, topic, p, timeout_s)
+                for p in meta.topics[topic].partitions}
+    finally:
+        consumer.close()
+
+
+def _offsets_consumer(settings: Settings) -> Consumer:
+    return Consumer({"bootstrap.servers": settings.bootstrap_servers,
+                     "group.id": "rakshit-offsets", "enable.auto.commit": False})
+
+
+_NOT_READY = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+              KafkaError.UNKNOWN_TOPIC_OR_PART}
+
+
+def _high_watermark(consumer: Consumer, topic: str, partition: int, timeout_s: float) -> int:
+    """A partition created a moment ago can be in the metadata before its leader serves it;
+    retry those answers briefly instead of failing the caller."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return int(consumer.get_watermark_offsets(TopicPartition(topic, partition),
+                                                      timeout=timeout_s)[1])
+        except KafkaException as exc:
+            if exc.args[0].code() not in _NOT_READY or time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)

@@ -23,7 +23,7 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from schemas.codec import make_codec
-from streams.admin import ensure_topics
+from streams.admin import end_offsets, ensure_topics
 from streams.broker import embedded_broker, ensure_broker
 from streams.config import Settings
 from streams.topics import Topic, topic_name
@@ -37,17 +37,6 @@ class DemoOptions:
     seed: int = 7
     keep_broker: bool = False
     verdict_timeout_s: float = 60.0
-
-
-def end_offsets(settings: Settings, topic: str) -> dict[int, int]:
-    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers,
-                         "group.id": "rakshit-offsets", "enable.auto.commit": False})
-    try:
-        meta = consumer.list_topics(topic, timeout=10)
-        return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-                for p in meta.topics[topic].partitions}
-    finally:
-        consumer.close()
 
 
 class VerdictCollector(threading.Thread):

@@ -18,9 +18,8 @@ from typing import Any
 import pytest
 
 from schemas.codec import make_codec
-from streams.admin import ensure_topics
+from streams.admin import end_offsets, ensure_topics
 from streams.config import Settings
-from streams.demo import end_offsets
 from streams.topics import Topic
 from tests.factories import transaction
 from tests.kafka_helpers import WorkerProcess, name, produce, read_all

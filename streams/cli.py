@@ -55,7 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--duration", type=float, default=20.0)
     demo.add_argument("--rate", type=float, default=200.0)
     demo.add_argument("--scenario", default="fraud", choices=scenario_names())
-    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--seed", type=int, default=None,
+                      help="population seed (default: a new one per run, printed; velocity state "
+                           "persists in the worker, so re-running one seed within the hour "
+                           "makes the same cards look busier)")
+    demo.add_argument("--speedup", type=float, default=20.0,
+                      help="event-time seconds per wall second (fraud campaigns take minutes)")
     demo.add_argument("--summary-json", type=Path, default=None)
     demo.add_argument("--keep-broker", action="store_true",
                       help="leave a broker the demo started running afterwards")
@@ -141,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
 
         summary = run_demo(settings, DemoOptions(
             duration_s=args.duration, rate=args.rate, scenario=args.scenario, seed=args.seed,
-            keep_broker=args.keep_broker))
+            keep_broker=args.keep_broker, speedup=args.speedup))
         if args.summary_json:
             args.summary_json.parent.mkdir(parents=True, exist_ok=True)
             args.summary_json.write_text(json.dumps(summary, indent=2) + "\n")

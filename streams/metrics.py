@@ -20,6 +20,8 @@ VERDICT_LATENCY = Histogram(
     "From the transaction's Kafka timestamp to its verdict handed to the producer.",
     buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0),
 )
+WORKER_READY = Gauge("rakshit_worker_ready",
+                     "1 once tables are recovered and partitions assigned; 0 while rebalancing.")
 CONSUMER_LAG = Gauge("rakshit_consumer_lag",
                      "Records on the partition not yet processed by this worker.",
                      ["topic", "partition"])

@@ -61,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
                            "makes the same cards look busier)")
     demo.add_argument("--speedup", type=float, default=20.0,
                       help="event-time seconds per wall second (fraud campaigns take minutes)")
+    demo.add_argument("--bad-records", type=int, default=21,
+                      help="malformed records to mix in (they must all reach the dead letters)")
     demo.add_argument("--summary-json", type=Path, default=None)
     demo.add_argument("--keep-broker", action="store_true",
                       help="leave a broker the demo started running afterwards")
@@ -146,11 +148,12 @@ def main(argv: list[str] | None = None) -> int:
 
         summary = run_demo(settings, DemoOptions(
             duration_s=args.duration, rate=args.rate, scenario=args.scenario, seed=args.seed,
-            keep_broker=args.keep_broker, speedup=args.speedup))
+            keep_broker=args.keep_broker, speedup=args.speedup, bad_records=args.bad_records))
         if args.summary_json:
             args.summary_json.parent.mkdir(parents=True, exist_ok=True)
             args.summary_json.write_text(json.dumps(summary, indent=2) + "\n")
-        ok = summary["verdicts"] >= summary["transactions"] == summary["unique_verdicts"]
+        ok = (summary["verdicts"] >= summary["transactions"] == summary["unique_verdicts"]
+              and summary["dead_letters"] == summary["bad_records_injected"])
         return 0 if ok else 1
 
     return 2

@@ -40,6 +40,7 @@ class DemoOptions:
     # Event-time seconds per wall second: fraud campaigns unfold over minutes of event time, so
     # a 20 s demo at 1x would end before a card-testing burst does.
     speedup: float = 20.0
+    bad_records: int = 21  # malformed records mixed into the traffic, three of each kind
     verdict_timeout_s: float = 60.0
 
 
@@ -164,6 +165,30 @@ def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None
         proc.wait()
 
 
+def inject_bad_records(settings: Settings, count: int, seed: int) -> Counter[str]:
+    """Produce malformed records on the transactions topic, as a misbehaving gateway would."""
+    from confluent_kafka import Producer
+
+    from streams.simulator.bad_input import bad_records
+    from streams.simulator.population import build_population
+    from streams.simulator.scenarios import get_scenario
+    from streams.simulator.traffic import EventClock, TrafficGenerator
+
+    generator = TrafficGenerator(build_population(seed, customers=50, merchants=10),
+                                 get_scenario("normal"), seed, EventClock.for_run(1.0))
+    template = generator.generate().transaction
+    topic = topic_name(Topic.TRANSACTIONS, settings.topic_prefix)
+    producer = Producer({"bootstrap.servers": settings.bootstrap_servers})
+    kinds: Counter[str] = Counter()
+    for reason, data in bad_records(template, make_codec(settings.schema_registry_url), topic,
+                                    count, seed):
+        producer.produce(topic, key=b"misbehaving-gateway", value=data)
+        kinds[reason] += 1
+    if producer.flush(30):
+        raise RuntimeError("bad records were not delivered")
+    return kinds
+
+
 def demo_customers(rate: float) -> int:
     """Enough cardholders that honest cards keep a plausible pace at the requested rate.
 
@@ -212,6 +237,7 @@ def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
             on_transaction=collector.on_transaction)), name="simulator", daemon=True)
         t0 = time.time()
         sim.start()
+        injected = inject_bad_records(settings, options.bad_records, seed)
         while sim.is_alive():
             sim.join(1.0)
             print(f"  {time.time() - t0:5.1f}s  produced {len(collector.produced_at):>7}  "
@@ -242,6 +268,7 @@ def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
         "missing_verdicts": collector.missing(),
         "backlog_verdicts": collector.backlog,
         "dead_letters": dlq,
+        "bad_records_injected": sum(injected.values()),
         "latency_ms": percentiles(collector.latencies_ms),
         "throughput_tps": round(len(collector.first_seen) / span, 1) if span > 0 else 0.0,
         "decisions": dict(collector.decisions),
@@ -261,7 +288,8 @@ def print_summary(s: dict[str, Any]) -> None:
     print(f"  transactions produced   {s['transactions']}")
     print(f"  verdicts read           {s['verdicts']} ({s['unique_verdicts']} unique, "
           f"{s['missing_verdicts']} missing)")
-    print(f"  dead letters            {s['dead_letters']}")
+    print(f"  dead letters            {s['dead_letters']} "
+          f"({s['bad_records_injected']} malformed records injected)")
     print(f"  decisions               {s['decisions']}")
     print(f"  latency produce->verdict p50 {lat['p50']} ms, p90 {lat['p90']} ms, "
           f"p99 {lat['p99']} ms, max {lat['max']} ms")

@@ -99,3 +99,14 @@ def velocity_ms(tx: dict[str, object]) -> int:
     when = tx["event_time"]
     assert isinstance(when, datetime)
     return int(when.timestamp() * 1000)
+
+
+def test_the_demo_bad_records_each_land_with_the_reason_they_claim(processor: Processor) -> None:
+    from streams.simulator.bad_input import bad_records
+
+    template = transaction(1)
+    seen = set()
+    for i, (reason, data) in enumerate(bad_records(template, processor.codec, TOPIC, 21, seed=3)):
+        assert reason_of(processor, processor.admit(data, source(i), "transaction")) == reason
+        seen.add(reason)
+    assert len(seen) == 7

@@ -112,7 +112,8 @@ def create_app(settings: Settings) -> faust.App:
     async def report_ready() -> None:
         # A stable consumer group is not enough: until changelog recovery finishes the worker
         # fetches nothing, and traffic sent then waits.
-        recovered = app.tables.recovery.completed.is_set() and not app.tables.recovery.in_recovery
+        recovery = app.tables.recovery  # type: ignore[attr-defined]  # the TableManager's own
+        recovered = recovery.completed.is_set() and not recovery.in_recovery
         metrics.WORKER_READY.set(1 if recovered and not app.rebalancing else 0)
 
     @app.timer(interval=5.0)  # type: ignore[untyped-decorator]
@@ -147,7 +148,7 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     worker.execute_from_commandline()
 
 
-class _Worker(faust.Worker):  # type: ignore[misc]
+class _Worker(faust.Worker):
     """Faust's worker without its terminal spinner.
 
     The spinner hooks a DEBUG-level handler onto the root logger, which makes aiokafka and faust

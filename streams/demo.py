@@ -222,7 +222,8 @@ def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
 
     worker, worker_log = start_worker(settings, "demo-worker.log")
     try:
-        print(f"worker: pid {worker.pid}, log {worker_log}; waiting until it has recovered its tables...", flush=True)
+        print(f"worker: pid {worker.pid}, log {worker_log}; waiting until it has recovered "
+              "its tables...", flush=True)
         wait_until_ready(settings, worker)
         collector = VerdictCollector(settings, end_offsets(settings, decisions))
         collector.start()

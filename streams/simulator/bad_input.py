@@ -51,8 +51,5 @@ def bad_records(template: Mapping[str, Any], codec: Codec, topic: str, count: in
     ]
     for i in range(count):
         reason, make = kinds[i % len(kinds)]
-        if reason == "undecodable":  # random bytes could start like JSON or an Avro header
-            data = b"\xff" + make()
-        else:
-            data = make()
-        yield reason, data
+        # Random bytes could start like JSON or an Avro header; a leading 0xff starts neither.
+        yield reason, (b"\xff" + make()) if reason == "undecodable" else make()

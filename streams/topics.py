@@ -52,7 +52,8 @@ TOPICS: tuple[TopicSpec, ...] = (
               "What each route/issuer answered."),
     TopicSpec(Topic.DECISIONS, "verdict", "transaction_id", None, 30 * DAY_MS, False,
               "One fraud verdict per transaction, plus analyst overrides."),
-    TopicSpec(Topic.LABELS, "label", "transaction_id", None, 400 * DAY_MS, False,
+    # Keyed by card like the transactions, so a label meets the card's state on the same partition.
+    TopicSpec(Topic.LABELS, "label", "card_token", None, 400 * DAY_MS, False,
               "Confirmed fraud and chargebacks, arriving days after the transaction."),
     TopicSpec(Topic.HYPOTHESES, "hypothesis", "cell", 1, 30 * DAY_MS, False,
               "The Analyst's degradation hypotheses (it never acts)."),

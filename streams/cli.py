@@ -9,7 +9,7 @@ import sys
 from datetime import date
 from pathlib import Path
 
-from streams.config import REPO_ROOT, Settings
+from streams.config import HANDBOOK_DIR, Settings
 from streams.simulator.scenarios import scenario_names
 
 
@@ -38,8 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="event-time seconds per wall second")
 
     replay = sub.add_parser("replay", help="replay handbook-layout Parquet data as transactions")
-    replay.add_argument("--data", type=Path,
-                        default=REPO_ROOT.parent / "shared" / "data" / "handbook" / "raw")
+    replay.add_argument("--data", type=Path, default=HANDBOOK_DIR / "raw")
     replay.add_argument("--from", dest="start", type=date.fromisoformat, required=True)
     replay.add_argument("--to", dest="end", type=date.fromisoformat, required=True)
     replay.add_argument("--speedup", type=float, default=0.0,

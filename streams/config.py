@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# The public fraud data set lives beside the repository and is read from there, never copied in.
+HANDBOOK_DIR = Path(os.environ.get("RAKSHIT_HANDBOOK_DIR")
+                    or REPO_ROOT.parent / "shared" / "data" / "handbook")
 
 
 def _env(name: str, default: str) -> str:

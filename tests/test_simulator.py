@@ -22,6 +22,7 @@ from confluent_kafka import KafkaError
 from fastavro import parse_schema
 from fastavro.validation import validate
 
+from streams.config import HANDBOOK_DIR as HANDBOOK_ROOT
 from streams.config import Settings
 from streams.simulator import producer as producer_module
 from streams.simulator.handbook import iter_handbook
@@ -45,7 +46,7 @@ from streams.simulator.traffic import (
 from streams.topics import Topic, topic_name
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
-HANDBOOK_DIR = Path("/work/shared/data/handbook/raw")
+HANDBOOK_DIR = HANDBOOK_ROOT / "raw"
 START = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
 # Card-number shaped: 13-19 digits, optionally grouped by single spaces or dashes (as schemas/pan).
 PAN_LIKE = re.compile(r"\d(?:[ -]?\d){12,18}")

@@ -1,7 +1,10 @@
 # The two commands a newcomer needs, each doing all set-up on a fresh machine:
 #   make demo   - virtualenv, packages, Kafka jars from Maven Central, broker, topics, worker, traffic
 #   make test   - the same set-up, then lint, type checks and every test against a real broker
-PYTHON ?= $(shell command -v python3.12 || command -v python3.11 || command -v python3)
+# The first interpreter that runs and is 3.11+ (a pyenv shim can exist without a usable version).
+PYTHON ?= $(shell for p in python3 python3.12 python3.11; do \
+	$$p -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null && { echo $$p; break; }; \
+	done)
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
@@ -10,7 +13,7 @@ ARGS   ?=
 .PHONY: setup demo test lint unit broker-stop clean
 
 $(STAMP): pyproject.toml
-	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python 3.11+ is required")'
+	@test -n "$(PYTHON)" || { echo "Python 3.11+ is required (python3, python3.12 or python3.11)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -e '.[ml,dev]'
 	touch $(STAMP)

@@ -730,7 +730,7 @@ def test_run_simulation_paces_keys_and_reports(fake_kafka: FakeCodec) -> None:
     assert [p[0] for p in produced] == [t.record["transaction_id"] for t in transactions]
     assert all(began <= at <= t.wall for (_, at), t in zip(produced, transactions, strict=True))
     assert all(t.key == t.record["card_token"].encode() for t in transactions + outcomes)
-    assert all(t.key == t.record["transaction_id"].encode() for t in labels)
+    assert all(t.key == t.record["card_token"].encode() for t in labels)
     # Days of event time pass in 1.5 s, so labels come due, never ahead of the wall clock.
     assert report.labels == len(labels) > 0
     assert all(item.record["known_at"].timestamp() <= item.wall for item in labels)

@@ -14,8 +14,10 @@ from pathlib import Path
 import pytest
 
 from schemas.codec import make_codec
+from schemas.pan import redact_bytes
 from streams.admin import ensure_topics
 from streams.config import Settings
+from streams.simulator.bad_input import as_json
 from streams.topics import Topic
 from tests.factories import outcome, transaction
 from tests.kafka_helpers import WorkerProcess, name, produce, read_all
@@ -61,19 +63,6 @@ def test_every_transaction_gets_exactly_one_verdict(make_settings: Callable[...,
     assert velocities == [float(n) for n in range(1, 11)]
     assert [v["decision"] for v in hot_verdicts] == ["APPROVE"] * 7 + ["REVIEW"] * 3
     assert all(v["rules_fired"][0]["rule_id"] == "VEL-1H-REVIEW" for v in hot_verdicts[7:])
-
-
-def as_json(tx: dict[str, object]) -> dict[str, object]:
-    """The JSON a gateway without Avro would send: decimals as strings, times as epoch millis."""
-    out: dict[str, object] = {}
-    for k, v in tx.items():
-        if isinstance(v, Decimal):
-            out[k] = str(v)
-        elif isinstance(v, datetime):
-            out[k] = int(v.timestamp() * 1000)
-        else:
-            out[k] = v
-    return out
 
 
 def _single_object(fingerprint: bytes, body: bytes) -> bytes:
@@ -157,7 +146,12 @@ def test_bad_input_goes_to_dead_letters_and_good_keeps_flowing(
     assert [d["reason"] for d in bad_outcomes] == ["invalid_value"]
 
     assert 'rakshit_dead_letters_total{reason="oversized"} 1.0' in scraped
-    assert f'rakshit_pan_redactions_total{{topic="{tx_topic}"}} 2.0' in scraped
+    # The test PAN twice (a good record, an undecodable one), plus whatever else in the dead
+    # letters looks like a card number: a 13-digit epoch-millis time in the JSON records passes
+    # Luhn one time in ten and is masked too (a false positive we accept over a missed card).
+    expected = 1 + sum(redact_bytes(p)[1] for p in bad.values())
+    assert expected >= 2
+    assert f'rakshit_pan_redactions_total{{topic="{tx_topic}"}} {expected:.1f}' in scraped
 
     # No card number in anything the system wrote: every topic of this test but the two input
     # topics (where the gateway put it), changelogs included, byte for byte.

@@ -18,7 +18,8 @@ from typing import Any
 from schemas.codec import Codec
 
 
-def _as_json(tx: Mapping[str, Any]) -> dict[str, Any]:
+def as_json(tx: Mapping[str, Any]) -> dict[str, Any]:
+    """The JSON a gateway without Avro sends: decimals as strings, times as epoch millis."""
     out: dict[str, Any] = {}
     for k, v in tx.items():
         if isinstance(v, Decimal):
@@ -35,14 +36,14 @@ def bad_records(template: Mapping[str, Any], codec: Codec, topic: str, count: in
     """Yield (expected dead-letter reason, bytes) for `count` records, cycling through kinds."""
     rng = random.Random(seed)
     good = codec.encode("transaction", template, topic=topic)
-    as_json = _as_json(template)
+    as_json_record = as_json(template)
     kinds: list[tuple[str, Any]] = [
         ("undecodable", lambda: bytes(rng.getrandbits(8) for _ in range(40))),
         ("unknown_schema", lambda: b"\xc3\x01" + struct.pack("<Q", rng.getrandbits(64)) + b"\x00"),
         ("schema_invalid", lambda: good[: len(good) // 2]),
         ("missing_field", lambda: json.dumps(
-            {k: v for k, v in as_json.items() if k != "amount"}).encode()),
-        ("wrong_type", lambda: json.dumps({**as_json, "amount": "twelve"}).encode()),
+            {k: v for k, v in as_json_record.items() if k != "amount"}).encode()),
+        ("wrong_type", lambda: json.dumps({**as_json_record, "amount": "twelve"}).encode()),
         ("invalid_value", lambda: codec.encode(
             "transaction", {**template, "amount": Decimal("-10.00")}, topic=topic)),
         ("future_event_time", lambda: codec.encode(

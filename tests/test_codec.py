@@ -108,6 +108,7 @@ RECORDS: dict[str, Callable[[], dict[str, Any]]] = {
     "label": lambda: {
         "transaction_id": "txn-000017",
         "card_token": "tok_9f2c1ab7",
+        "terminal_id": "term-0042",
         "label": "CHARGEBACK",
         "fraud_scenario": "card_not_present",
         "transaction_time": T0,

@@ -135,24 +135,32 @@ def iter_handbook(
     end: date,
     *,
     label_delay_days: float = DEFAULT_LABEL_DELAY_DAYS,
+    label_lead: timedelta = timedelta(0),
 ) -> Iterator[ReplayEvent]:
     """Transactions and their labels, merged in event-time order.
 
     Every transaction gets a FRAUD or GENUINE label known ``label_delay_days`` later; a label is
     yielded just before the first transaction after its known_at, and the rest after the last
     transaction, so the stream never shows a label before it is known.
+
+    ``label_lead`` releases each label that much earlier in the stream (its known_at is
+    unchanged). Consumers that honour known_at lose nothing by it, and it gives a replay at full
+    speed a margin against the race between the labels and transactions topics: a worker
+    consuming both can otherwise see a transaction a few milliseconds before a label that,
+    in event time, came first.
     """
     delay = timedelta(days=label_delay_days)
     pending: deque[tuple[datetime, dict[str, Any]]] = deque()  # constant delay keeps it sorted
     for record, fraud, scenario in _iter_rows(data_dir, start, end):
         moment: datetime = record["event_time"]
-        while pending and pending[0][0] <= moment:
+        while pending and pending[0][0] - label_lead <= moment:
             known_at, label = pending.popleft()
             yield ReplayEvent("label", known_at, label)
         known_at = moment + delay
         pending.append((known_at, {
             "transaction_id": record["transaction_id"],
             "card_token": record["card_token"],
+            "terminal_id": record["terminal_id"],
             "label": "FRAUD" if fraud else "GENUINE",
             "fraud_scenario": (FRAUD_SCENARIOS.get(scenario, f"hb-scenario-{scenario}")
                                if fraud else None),

@@ -13,7 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -336,6 +336,7 @@ def replay_handbook(
     progress: Progress | None = None,
     *,
     label_delay_days: float = DEFAULT_LABEL_DELAY_DAYS,
+    label_lead_s: float = 0.0,
 ) -> SimulationReport:
     """Publish handbook days ``start``..``end`` (inclusive) with their labels.
 
@@ -352,8 +353,9 @@ def replay_handbook(
     next_progress = began + 1.0
     first_event: float | None = None
     try:
-        for n, event in enumerate(iter_handbook(data_dir, start, end,
-                                                label_delay_days=label_delay_days)):
+        for n, event in enumerate(iter_handbook(
+                data_dir, start, end, label_delay_days=label_delay_days,
+                label_lead=timedelta(seconds=label_lead_s))):
             if stop.is_set():
                 break
             if speedup > 0:

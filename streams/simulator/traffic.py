@@ -436,6 +436,7 @@ class TrafficGenerator:
         label = {
             "transaction_id": transaction["transaction_id"],
             "card_token": transaction["card_token"],
+            "terminal_id": transaction["terminal_id"],
             "label": "FRAUD",
             "fraud_scenario": fraud,
             "transaction_time": tx_time,

@@ -24,6 +24,7 @@ class Topic(StrEnum):
     ROUTING_POLICY = "routing-policy"
     CASES = "cases"
     DEAD_LETTERS = "dead-letters"
+    SCORING = "scoring-by-terminal"
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,10 @@ TOPICS: tuple[TopicSpec, ...] = (
               "Records that could not be processed: original bytes (card data redacted), reason.",
               # Room for any record the input topics accept (1 MiB) plus the dead-letter envelope.
               max_message_bytes=DEAD_LETTER_MAX_BYTES),
+    # Internal to the worker: re-keys admitted transactions and labels by terminal for the
+    # terminal stage. Short retention: a record here matters only until it is scored.
+    TopicSpec(Topic.SCORING, "scoring_event", "terminal_id", None, 1 * DAY_MS, False,
+              "Worker-internal: card stage to terminal stage, keyed by terminal."),
 )
 
 SPECS: dict[Topic, TopicSpec] = {spec.topic: spec for spec in TOPICS}

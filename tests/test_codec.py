@@ -104,6 +104,18 @@ RECORDS: dict[str, Callable[[], dict[str, Any]]] = {
         "is_override": True,
         "overrides_verdict_id": "v-87",
         "decided_by": "analyst-17",
+        "features": {"card_velocity_1h": 3.0, "amount": 42.5},
+    },
+    "scoring_event": lambda: {
+        "kind": "TRANSACTION",
+        "transaction_id": "txn-000017",
+        "terminal_id": "term-0042",
+        "transaction_time": T0,
+        "payload": b"\xc3\x01opaque",
+        "card_features": {"card_velocity_1h": 3.0},
+        "card_state_stale_s": None,
+        "received_at_ms": 1.5e12,
+        "source_timestamp_ms": 1.5e12,
     },
     "label": lambda: {
         "transaction_id": "txn-000017",

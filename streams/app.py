@@ -36,10 +36,10 @@ def _broker_url(bootstrap: str) -> str:
     return ";".join(f"kafka://{host.strip()}" for host in bootstrap.split(","))
 
 
-def create_app(settings: Settings) -> faust.App:
+def _faust_app(settings: Settings) -> faust.App:
     datadir = settings.home / "worker" / settings.app_id
     datadir.parent.mkdir(parents=True, exist_ok=True)
-    app = faust.App(
+    return faust.App(
         settings.app_id,
         broker=_broker_url(settings.bootstrap_servers),
         store="memory://",
@@ -57,6 +57,27 @@ def create_app(settings: Settings) -> faust.App:
         topic_replication_factor=1,
         web_enabled=False,
     )
+
+
+def _add_ops(app: faust.App, settings: Settings) -> None:
+    """Readiness and the metrics endpoint, shared by the worker and the benchmark baseline."""
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def serve_metrics() -> None:
+        if settings.metrics_port:
+            start_http_server(settings.metrics_port, addr=settings.metrics_addr)
+
+    @app.timer(interval=0.25)  # type: ignore[untyped-decorator]
+    async def report_ready() -> None:
+        # A stable consumer group is not enough: until changelog recovery finishes the worker
+        # fetches nothing, and traffic sent then waits.
+        recovery = app.tables.recovery  # type: ignore[attr-defined]  # the TableManager's own
+        recovered = recovery.completed.is_set() and not recovery.in_recovery
+        metrics.WORKER_READY.set(1 if recovered and not app.rebalancing else 0)
+
+
+def create_app(settings: Settings) -> faust.App:
+    app = _faust_app(settings)
     codec = make_codec(settings.schema_registry_url)
     processor = Processor(settings, codec, RuleEngine.from_file())
 
@@ -108,13 +129,7 @@ def create_app(settings: Settings) -> faust.App:
             if not isinstance(admitted, Admitted):
                 await send(admitted)
 
-    @app.timer(interval=0.25)  # type: ignore[untyped-decorator]
-    async def report_ready() -> None:
-        # A stable consumer group is not enough: until changelog recovery finishes the worker
-        # fetches nothing, and traffic sent then waits.
-        recovery = app.tables.recovery  # type: ignore[attr-defined]  # the TableManager's own
-        recovered = recovery.completed.is_set() and not recovery.in_recovery
-        metrics.WORKER_READY.set(1 if recovered and not app.rebalancing else 0)
+    _add_ops(app, settings)
 
     @app.timer(interval=5.0)  # type: ignore[untyped-decorator]
     async def report_lag() -> None:
@@ -129,20 +144,36 @@ def create_app(settings: Settings) -> faust.App:
             done = processed.get((tp.topic, tp.partition), -1) + 1
             metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, high - done))
 
-    @app.task  # type: ignore[untyped-decorator]
-    async def serve_metrics() -> None:
-        if settings.metrics_port:
-            start_http_server(settings.metrics_port, addr=settings.metrics_addr)
-
     return app
 
 
-def run_worker(settings: Settings, loglevel: str = "info") -> None:
+def create_passthrough_app(settings: Settings) -> faust.App:
+    """The benchmark's baseline: the same Faust client, guarantee and topics, and no work.
+
+    Each transaction is forwarded unchanged to the decision topic, so `rakshit bench pipeline`
+    can say what share of Faust-on-Kafka's own ceiling the real worker reaches.
+    """
+    app = _faust_app(settings)
+    source = app.topic(topic_name(Topic.TRANSACTIONS, settings.topic_prefix), key_type=bytes,
+                       value_type=bytes, key_serializer="raw", value_serializer="raw")
+    sink = app.topic(topic_name(Topic.DECISIONS, settings.topic_prefix), key_type=bytes,
+                     value_type=bytes, key_serializer="raw", value_serializer="raw")
+
+    @app.agent(source, name="passthrough", concurrency=1)
+    async def passthrough(stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            await sink.send(key=event.message.key, value=event.message.value)
+
+    _add_ops(app, settings)
+    return app
+
+
+def run_worker(settings: Settings, loglevel: str = "info", passthrough: bool = False) -> None:
     """Block running the worker until it is stopped (SIGTERM/SIGINT)."""
     from streams.admin import ensure_topics
 
     ensure_topics(settings)
-    app = create_app(settings)
+    app = create_passthrough_app(settings) if passthrough else create_app(settings)
     worker = _Worker(app, loglevel=loglevel, quiet=True)
     worker.spinner = None
     worker.execute_from_commandline()

@@ -27,6 +27,8 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="run the Faust worker")
     worker.add_argument("--loglevel", default="info",
                         choices=("crit", "error", "warn", "info", "debug"))
+    worker.add_argument("--passthrough", action="store_true",
+                        help="forward transactions untouched (the benchmark's baseline)")
 
     simulate = sub.add_parser("simulate", help="produce gateway traffic")
     simulate.add_argument("--scenario", default="normal", choices=scenario_names())
@@ -49,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--from-beginning", action="store_true")
     tail.add_argument("--max", type=int, default=None, help="stop after N records")
     tail.add_argument("--json", action="store_true", help="one JSON object per line")
+
+    bench = sub.add_parser("bench", help="benchmarks that print figures")
+    bench.add_argument("what", choices=("pipeline",))
+    bench.add_argument("--transactions", type=int, default=20_000)
+    bench.add_argument("--rounds", type=int, default=3)
+    bench.add_argument("--summary-json", type=Path, default=None)
 
     demo = sub.add_parser("demo", help="broker, topics, worker and simulator, with a summary")
     demo.add_argument("--duration", type=float, default=20.0)
@@ -109,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         from streams.broker import ensure_broker
 
         ensure_broker(settings)
-        run_worker(settings, args.loglevel)
+        run_worker(settings, args.loglevel, passthrough=args.passthrough)
         return 0
 
     if args.command == "simulate":
@@ -140,6 +148,19 @@ def main(argv: list[str] | None = None) -> int:
 
         with contextlib.suppress(KeyboardInterrupt):
             tail(settings, args.topic, args.from_beginning, args.max, args.json)
+        return 0
+
+    if args.command == "bench":
+        from streams.admin import ensure_topics
+        from streams.bench import bench_pipeline
+        from streams.broker import ensure_broker
+
+        ensure_broker(settings)
+        result = bench_pipeline(settings, args.transactions, args.rounds)
+        print(json.dumps(result, indent=2))
+        if args.summary_json:
+            args.summary_json.parent.mkdir(parents=True, exist_ok=True)
+            args.summary_json.write_text(json.dumps(result, indent=2) + "\n")
         return 0
 
     if args.command == "demo":

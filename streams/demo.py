@@ -142,13 +142,16 @@ def wait_for_group(settings: Settings, group: str, worker: subprocess.Popen[byte
     raise RuntimeError(f"worker group {group} not stable within {timeout_s:.0f}s")
 
 
-def start_worker(settings: Settings, log_name: str) -> tuple[subprocess.Popen[bytes], str]:
+def start_worker(settings: Settings, log_name: str,
+                 passthrough: bool = False) -> tuple[subprocess.Popen[bytes], str]:
     logs = settings.home / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     log_path = logs / log_name
+    extra = ["--passthrough"] if passthrough else []
     with log_path.open("ab") as log:
         proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker",
-                                 "--loglevel", "warn"], stdout=log, stderr=subprocess.STDOUT,
+                                 "--loglevel", "warn", *extra],
+                                stdout=log, stderr=subprocess.STDOUT,
                                 env={**os.environ, **settings.to_env()},
                                 start_new_session=True)
     return proc, str(log_path)

@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Mapping
+import operator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -55,9 +55,8 @@ AMOUNT_THRESHOLD = 220.0
 # Values for "no history": the card's window holds only the current transaction.
 NO_HISTORY_RATIO = -1.0
 NO_PREVIOUS_S = float(max(WINDOW_DAYS) * DAY_MS // SECOND_MS)
+NO_KNOWN_FRAUD_DAYS = float((LABEL_DELAY_MS + max(WINDOW_DAYS) * DAY_MS) // DAY_MS + 1)
 
-# Terminal entry flags (bit set): its transaction was seen; it was labelled fraud; labelled genuine.
-_SEEN, _FRAUD, _GENUINE = 1, 2, 4
 
 
 @dataclass(frozen=True)
@@ -113,6 +112,10 @@ FEATURES: tuple[FeatureSpec, ...] = (
     FeatureSpec("CUSTOMER_ID_AMOUNT_ZSCORE_30DAY_WINDOW",
                 "(amount - mean) / standard deviation of the card's OTHER transactions in "
                 "(t-30d, t]; 0 when fewer than two", ("handbook", "gateway"), "card"),
+    FeatureSpec("CUSTOMER_ID_AMOUNT_TO_MEDIAN_30DAY_WINDOW",
+                "amount / median amount of the card's transactions in (t-30d, t] (this one "
+                "included); -1 when fewer than three: robust to the card's own earlier frauds",
+                ("handbook", "gateway"), "card"),
     FeatureSpec("CUSTOMER_ID_SECONDS_SINCE_PREVIOUS_TX",
                 "seconds since the card's previous transaction (strictly earlier), at most 30 "
                 "days", ("handbook", "gateway"), "card"),
@@ -123,8 +126,29 @@ FEATURES: tuple[FeatureSpec, ...] = (
                 "the terminal's transactions in (t-37d, t-7d] labelled fraud",
                 ("handbook", "gateway"), "terminal"),
     FeatureSpec("TERMINAL_ID_DAYS_SINCE_KNOWN_FRAUD",
-                "days from t-7d back to the terminal's latest transaction at or before t-7d "
-                "labelled fraud; 31 when none in the window", ("handbook", "gateway"), "terminal"),
+                "days since the terminal's latest transaction in (t-37d, t-7d] labelled fraud; "
+                "38 when none", ("handbook", "gateway"), "terminal"),
+    FeatureSpec("TERMINAL_ID_DAYS_SINCE_FIRST_KNOWN_FRAUD",
+                "days since the terminal's earliest transaction in (t-37d, t-7d] labelled fraud; "
+                "38 when none (a compromised terminal stays compromised for weeks, then heals)",
+                ("handbook", "gateway"), "terminal"),
+    FeatureSpec("TERMINAL_ID_FRAUD_RUN_LENGTH",
+                "how many of the terminal's latest known transactions (at or before t-7d) in a "
+                "row were labelled fraud", ("handbook", "gateway"), "terminal"),
+    FeatureSpec("TERMINAL_ID_DAYS_SINCE_RUN_START",
+                "days since the first transaction of that run of frauds; 38 when no run",
+                ("handbook", "gateway"), "terminal"),
+    FeatureSpec("TERMINAL_ID_DAYS_SINCE_RUN_PRECEDING_GENUINE",
+                "days since the genuine transaction just before that run; 38 when no run or "
+                "none in the window (with the run start, it brackets when a compromise began)",
+                ("handbook", "gateway"), "terminal"),
+    FeatureSpec("TERMINAL_ID_CALDAYS_SINCE_RUN_START",
+                "calendar days (UTC) from the run's first transaction to t", ("handbook",
+                                                                              "gateway"),
+                "terminal"),
+    FeatureSpec("TERMINAL_ID_CALDAYS_SINCE_RUN_PRECEDING_GENUINE",
+                "calendar days (UTC) from the genuine transaction before the run to t",
+                ("handbook", "gateway"), "terminal"),
     # The gateway features the design names. They need data the handbook lacks (a country) or
     # duplicate a handbook feature under the design's name, so the handbook model does not use them.
     FeatureSpec("customer_transaction_velocity_1h", "the card's transactions in (t-1h, t], this "
@@ -170,42 +194,81 @@ def transaction_features(t_ms: int, amount: float) -> dict[str, float]:
 # -- card --------------------------------------------------------------------------------------
 
 
-def _time(entry: list[Any]) -> int:
-    return int(entry[0])
+def _locate(times: list[int], ids: list[str], t_ms: int, tx_id: str) -> tuple[int, bool]:
+    """Where (t_ms, tx_id) sits in columns sorted by (time, id), and whether it is already there."""
+    lo = bisect.bisect_left(times, t_ms)
+    hi = bisect.bisect_right(times, t_ms, lo)
+    if lo == hi:
+        return lo, False
+    run = ids[lo:hi]
+    at = bisect.bisect_left(run, tx_id)
+    return lo + at, at < len(run) and run[at] == tx_id
+
+
+def _prune(columns: list[list[Any]], cutoff: int, cap: int) -> None:
+    """Drop entries at or before ``cutoff`` (column 0 is time), then the oldest beyond ``cap``."""
+    drop = max(bisect.bisect_right(columns[0], cutoff), len(columns[0]) - cap)
+    if drop > 0:
+        for column in columns:
+            del column[:drop]
 
 
 def card_observe(state: dict[str, Any] | None, tx_id: str, t_ms: int, amount: float,
                  country: str | None = None) -> dict[str, Any]:
     """Add a transaction to the card's state (once) and prune what no window can reach.
 
-    ``state["tx"]`` is ``[[t_ms, tx_id, amount], ...]`` sorted by (time, id). ``country``, when
-    the gateway sends one, makes the earliest transaction's country the card's home country (kept
-    past pruning). The argument is updated in place and returned.
+    The state holds three parallel columns sorted by (time, id): ``t`` (epoch ms), ``id`` and
+    ``a`` (amount). Columns, not a list of records, because the windows then become slices the
+    interpreter sums in C. ``country``, when the gateway sends one, makes the earliest
+    transaction's country the card's home country (``home``, kept past pruning). The argument is
+    updated in place and returned.
     """
     if state is None:
-        state = {"tx": []}
-    entries: list[list[Any]] = state["tx"]
+        state = {"t": [], "id": [], "a": []}
+    times: list[int] = state["t"]
     t_ms = int(t_ms)
     if country is not None:
         home = state.get("home")
-        if home is None or [t_ms, tx_id] < home[:2]:
+        if home is None or (t_ms, tx_id) < (home[0], home[1]):
             state["home"] = [t_ms, tx_id, country]
-    newest = max(t_ms, entries[-1][0]) if entries else t_ms
+    newest = max(t_ms, times[-1]) if times else t_ms
     cutoff = newest - CARD_HORIZON_MS
     if t_ms <= cutoff:
-        return state  # too late for any window: the same as if it had been pruned
-    key = [t_ms, tx_id]
-    i = bisect.bisect_left(entries, key)
-    if i < len(entries) and entries[i][0] == t_ms and entries[i][1] == tx_id:
+        return state  # too late for any window: the same as if it had come first and been pruned
+    at, present = _locate(times, state["id"], t_ms, tx_id)
+    if present:
         return state
-    entries.insert(i, [t_ms, tx_id, float(amount)])
-    drop = 0
-    while entries[drop][0] <= cutoff:
-        drop += 1
-    drop = max(drop, len(entries) - MAX_CARD_ENTRIES)
-    if drop:
-        del entries[:drop]
+    times.insert(at, t_ms)
+    state["id"].insert(at, tx_id)
+    state["a"].insert(at, float(amount))
+    _prune([times, state["id"], state["a"]], cutoff, MAX_CARD_ENTRIES)
     return state
+
+
+class _CardWindow(NamedTuple):
+    """The card's entries at or before t, cut into windows: what every card feature needs."""
+
+    counts: tuple[int, int, int]  # transactions in (t-1d, t], (t-7d, t], (t-30d, t]
+    sums: tuple[float, float, float]  # their amounts
+    amounts_30d: list[float]
+    n_1h: int
+    previous_ms: int | None  # latest entry strictly before t
+
+
+def _card_scan(state: dict[str, Any], t_ms: int) -> _CardWindow:
+    times: list[int] = state["t"]
+    amounts: list[float] = state["a"]
+    end = bisect.bisect_right(times, t_ms)
+    i30 = bisect.bisect_right(times, t_ms - 30 * DAY_MS, 0, end)
+    i7 = bisect.bisect_right(times, t_ms - 7 * DAY_MS, i30, end)
+    i1 = bisect.bisect_right(times, t_ms - DAY_MS, i7, end)
+    i_1h = bisect.bisect_right(times, t_ms - HOUR_MS, i1, end)
+    before = bisect.bisect_left(times, t_ms, i30, end)
+    # Sum each window from its own slice, oldest first, like a rolling sum over time.
+    return _CardWindow(
+        (end - i1, end - i7, end - i30),
+        (sum(amounts[i1:end]), sum(amounts[i7:end]), sum(amounts[i30:end])),
+        amounts[i30:end], end - i_1h, times[before - 1] if before > i30 else None)
 
 
 def card_features(state: dict[str, Any], t_ms: int) -> dict[str, float]:
@@ -213,35 +276,15 @@ def card_features(state: dict[str, Any], t_ms: int) -> dict[str, float]:
 
     The current transaction is included because it was observed first. Entries later than t
     (seen out of order) are ignored, which is what makes the values independent of arrival order.
+    The features that compare this transaction's amount with the card's others are in
+    ``card_amount_features`` (they need the amount); ``row_features`` returns both.
     """
-    entries: list[list[Any]] = state["tx"]
-    t_ms = int(t_ms)
-    end = bisect.bisect_right(entries, t_ms, key=_time)
-    lo1, lo7, lo30 = t_ms - DAY_MS, t_ms - 7 * DAY_MS, t_ms - 30 * DAY_MS
-    lo_1h, lo_24h = t_ms - HOUR_MS, t_ms - DAY_MS
-    n1 = n7 = n30 = n_1h = 0
-    s1 = s7 = s30 = sq30 = 0.0
-    previous = None
-    i = end - 1
-    while i >= 0:
-        ts, _, amount = entries[i]
-        if ts <= lo30:
-            break
-        if previous is None and ts < t_ms:
-            previous = ts
-        n30 += 1
-        s30 += amount
-        sq30 += amount * amount
-        if ts > lo7:
-            n7 += 1
-            s7 += amount
-            if ts > lo1:
-                n1 += 1
-                s1 += amount
-                if ts > lo_1h:
-                    n_1h += 1
-        i -= 1
-    since_ms = t_ms - previous if previous is not None else NO_PREVIOUS_S * SECOND_MS
+    return _card_dict(_card_scan(state, int(t_ms)), int(t_ms))
+
+
+def _card_dict(w: _CardWindow, t_ms: int) -> dict[str, float]:
+    (n1, n7, n30), (s1, s7, s30) = w.counts, w.sums
+    since_ms = t_ms - w.previous_ms if w.previous_ms is not None else NO_PREVIOUS_S * SECOND_MS
     avg30 = s30 / n30 if n30 else 0.0
     return {
         "CUSTOMER_ID_NB_TX_1DAY_WINDOW": float(n1),
@@ -251,41 +294,48 @@ def card_features(state: dict[str, Any], t_ms: int) -> dict[str, float]:
         "CUSTOMER_ID_NB_TX_30DAY_WINDOW": float(n30),
         "CUSTOMER_ID_AVG_AMOUNT_30DAY_WINDOW": avg30,
         "CUSTOMER_ID_SECONDS_SINCE_PREVIOUS_TX": since_ms / SECOND_MS,
-        "customer_transaction_velocity_1h": float(n_1h),
+        "customer_transaction_velocity_1h": float(w.n_1h),
         "customer_transaction_velocity_24h": float(n1),
         "time_since_last_transaction_min": since_ms / MINUTE_MS,
         "avg_transaction_amount_30d": avg30,
-        # Not model inputs: what card_amount_features needs to leave the current amount out.
-        "_SUM_SQUARES_30DAY": sq30,
     }
 
 
-def _ratio(amount: float, count: float, mean: float) -> float:
-    """amount / mean of the OTHER transactions, given the count and mean including this one."""
+def _ratio(amount: float, count: int, total: float) -> float:
+    """amount / mean of the OTHER transactions, given the count and sum including this one."""
     if count <= 1:
         return NO_HISTORY_RATIO
-    others = (mean * count - amount) / (count - 1)
+    others = (total - amount) / (count - 1)
     return amount / others if others > 0 else NO_HISTORY_RATIO
 
 
-def card_amount_features(card: Mapping[str, float], amount: float) -> dict[str, float]:
-    """How unusual this amount is for the card, judged against its other recent transactions."""
-    n30 = card["CUSTOMER_ID_NB_TX_30DAY_WINDOW"]
-    avg30 = card["CUSTOMER_ID_AVG_AMOUNT_30DAY_WINDOW"]
+def _amount_dict(w: _CardWindow, amount: float) -> dict[str, float]:
+    n30 = w.counts[2]
     z = 0.0
+    median_ratio = NO_HISTORY_RATIO
     if n30 >= 3:
         others = n30 - 1
-        mean = (avg30 * n30 - amount) / others
-        var = (card["_SUM_SQUARES_30DAY"] - amount * amount) / others - mean * mean
+        mean = (w.sums[2] - amount) / others
+        ordered = sorted(w.amounts_30d)
+        squares = math.fsum(map(operator.mul, ordered, ordered))
+        var = (squares - amount * amount) / others - mean * mean
         if var > 1e-9:
             z = (amount - mean) / math.sqrt(var)
+        mid = n30 // 2
+        median = ordered[mid] if n30 % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+        if median > 0:
+            median_ratio = amount / median
     return {
-        "CUSTOMER_ID_AMOUNT_RATIO_7DAY_WINDOW": _ratio(
-            amount, card["CUSTOMER_ID_NB_TX_7DAY_WINDOW"],
-            card["CUSTOMER_ID_AVG_AMOUNT_7DAY_WINDOW"]),
-        "CUSTOMER_ID_AMOUNT_RATIO_30DAY_WINDOW": _ratio(amount, n30, avg30),
+        "CUSTOMER_ID_AMOUNT_RATIO_7DAY_WINDOW": _ratio(amount, w.counts[1], w.sums[1]),
+        "CUSTOMER_ID_AMOUNT_RATIO_30DAY_WINDOW": _ratio(amount, n30, w.sums[2]),
         "CUSTOMER_ID_AMOUNT_ZSCORE_30DAY_WINDOW": z,
+        "CUSTOMER_ID_AMOUNT_TO_MEDIAN_30DAY_WINDOW": median_ratio,
     }
+
+
+def card_amount_features(state: dict[str, Any], t_ms: int, amount: float) -> dict[str, float]:
+    """How unusual this amount is for the card, judged against its recent transactions."""
+    return _amount_dict(_card_scan(state, int(t_ms)), float(amount))
 
 
 def cross_border(state: dict[str, Any], country: str | None) -> float:
@@ -300,37 +350,36 @@ def cross_border(state: dict[str, Any], country: str | None) -> float:
 
 
 def _terminal_add(state: dict[str, Any] | None, tx_id: str, t_ms: int,
-                  flag: int) -> dict[str, Any]:
+                  fraud: bool) -> dict[str, Any]:
     if state is None:
-        state = {"newest": int(t_ms), "oldest": int(t_ms), "e": {}}
+        state = {"t": [], "id": [], "f": [], "newest": int(t_ms)}
     t_ms = int(t_ms)
-    entries: dict[str, list[int]] = state["e"]
+    times: list[int] = state["t"]
     newest = max(state["newest"], t_ms)
-    cutoff = newest - TERMINAL_HORIZON_MS
     state["newest"] = newest
+    cutoff = newest - TERMINAL_HORIZON_MS
     if t_ms > cutoff:
-        entry = entries.get(tx_id)
-        if entry is None:
-            entries[tx_id] = [t_ms, flag]
-            if t_ms < state["oldest"] or len(entries) == 1:
-                state["oldest"] = t_ms
+        at, present = _locate(times, state["id"], t_ms, tx_id)
+        if present:
+            if fraud:
+                state["f"][at] = 1
         else:
-            entry[1] |= flag
-    if entries and (state["oldest"] <= cutoff or len(entries) > MAX_TERMINAL_ENTRIES):
-        kept = sorted(((e[0], k) for k, e in entries.items() if e[0] > cutoff))
-        kept = kept[-MAX_TERMINAL_ENTRIES:]
-        state["e"] = {k: entries[k] for _, k in kept}
-        state["oldest"] = kept[0][0] if kept else newest
+            times.insert(at, t_ms)
+            state["id"].insert(at, tx_id)
+            state["f"].insert(at, 1 if fraud else 0)
+    _prune([times, state["id"], state["f"]], cutoff, MAX_TERMINAL_ENTRIES)
     return state
 
 
 def terminal_observe_tx(state: dict[str, Any] | None, tx_id: str, t_ms: int) -> dict[str, Any]:
     """Record a transaction at the terminal (once). Updated in place and returned.
 
-    ``state["e"]`` maps transaction id to ``[t_ms, flags]``: keyed by id so a repeat is a no-op,
-    and so the transaction and its label (which may arrive first) meet in one entry.
+    The state holds parallel columns sorted by (time, id): ``t``, ``id`` and ``f`` (1 once the
+    transaction is labelled fraud), plus ``newest``, the latest time seen, which pruning is
+    relative to. An entry stands for a transaction whether its transaction or its label (which may
+    come first) created it, so the two meet in one entry in either order.
     """
-    return _terminal_add(state, tx_id, t_ms, _SEEN)
+    return _terminal_add(state, tx_id, t_ms, False)
 
 
 def terminal_observe_label(state: dict[str, Any] | None, tx_id: str, t_ms: int,
@@ -338,49 +387,67 @@ def terminal_observe_label(state: dict[str, Any] | None, tx_id: str, t_ms: int,
     """Record a label for the terminal's transaction ``tx_id`` made at ``t_ms``.
 
     Order-independent: the label may come before or after the transaction. If one transaction is
-    labelled both ways, fraud wins (flags only accumulate, so the result does not depend on which
-    label came last).
+    labelled both ways, fraud wins (the flag only ever goes up, so the result does not depend on
+    which label came last).
     """
-    return _terminal_add(state, tx_id, t_ms, _FRAUD if is_fraud else _GENUINE)
+    return _terminal_add(state, tx_id, t_ms, bool(is_fraud))
 
 
 def terminal_features(state: dict[str, Any], t_ms: int) -> dict[str, float]:
     """Count and fraud share over (t-7d-n, t-7d] for n = 1, 7, 30 days, as the handbook defines.
 
-    A transaction counts if it was seen or labelled; a fraud counts if labelled fraud. Only
-    transactions at least a week old are looked at, so in a live stream their labels are known.
+    Only transactions at least a week old are looked at, so in a live stream their labels are
+    known. A transaction counts once its transaction or its label has been seen.
     """
-    end = int(t_ms) - LABEL_DELAY_MS
-    counts = [0, 0, 0]
-    frauds = [0, 0, 0]
-    latest_fraud = None
-    d1, d7, d30 = DAY_MS, 7 * DAY_MS, 30 * DAY_MS
-    for ts, flags in state["e"].values():
-        age = end - ts
-        if age < 0 or age >= d30:
-            continue
-        fraud = flags & _FRAUD
-        counts[2] += 1
-        if fraud:
-            frauds[2] += 1
-            if latest_fraud is None or ts > latest_fraud:
-                latest_fraud = ts
-        if age < d7:
-            counts[1] += 1
-            if fraud:
-                frauds[1] += 1
-            if age < d1:
-                counts[0] += 1
-                if fraud:
-                    frauds[0] += 1
+    now = int(t_ms)
+    times: list[int] = state["t"]
+    flags: list[int] = state["f"]
+    end_time = now - LABEL_DELAY_MS
+    end = bisect.bisect_right(times, end_time)
+    i30 = bisect.bisect_right(times, end_time - 30 * DAY_MS, 0, end)
+    i7 = bisect.bisect_right(times, end_time - 7 * DAY_MS, i30, end)
+    i1 = bisect.bisect_right(times, end_time - DAY_MS, i7, end)
     out: dict[str, float] = {}
-    for i, n in enumerate(WINDOW_DAYS):
-        out[f"TERMINAL_ID_NB_TX_{n}DAY_WINDOW"] = float(counts[i])
-        out[f"TERMINAL_ID_RISK_{n}DAY_WINDOW"] = frauds[i] / counts[i] if counts[i] else 0.0
-    out["TERMINAL_ID_NB_FRAUD_7DAY_WINDOW"] = float(frauds[1])
-    out["TERMINAL_ID_NB_FRAUD_30DAY_WINDOW"] = float(frauds[2])
-    out["TERMINAL_ID_DAYS_SINCE_KNOWN_FRAUD"] = (
-        (end - latest_fraud) / DAY_MS if latest_fraud is not None else 31.0)
+    frauds_7d = 0
+    for n, lo in zip(WINDOW_DAYS, (i1, i7, i30), strict=True):
+        count = end - lo
+        frauds = sum(flags[lo:end])
+        if n == 7:
+            frauds_7d = frauds
+        out[f"TERMINAL_ID_NB_TX_{n}DAY_WINDOW"] = float(count)
+        out[f"TERMINAL_ID_RISK_{n}DAY_WINDOW"] = frauds / count if count else 0.0
+    window = flags[i30:end]
+    out["TERMINAL_ID_NB_FRAUD_7DAY_WINDOW"] = float(frauds_7d)
+    out["TERMINAL_ID_NB_FRAUD_30DAY_WINDOW"] = float(sum(window))
+    if 1 in window:
+        first = times[i30 + window.index(1)]
+        latest = times[end - 1 - window[::-1].index(1)]
+        out["TERMINAL_ID_DAYS_SINCE_KNOWN_FRAUD"] = (now - latest) / DAY_MS
+        out["TERMINAL_ID_DAYS_SINCE_FIRST_KNOWN_FRAUD"] = (now - first) / DAY_MS
+    else:
+        out["TERMINAL_ID_DAYS_SINCE_KNOWN_FRAUD"] = NO_KNOWN_FRAUD_DAYS
+        out["TERMINAL_ID_DAYS_SINCE_FIRST_KNOWN_FRAUD"] = NO_KNOWN_FRAUD_DAYS
+    run_start = end
+    while run_start > i30 and flags[run_start - 1]:
+        run_start -= 1
+    out["TERMINAL_ID_FRAUD_RUN_LENGTH"] = float(end - run_start)
+    none = NO_KNOWN_FRAUD_DAYS
+    if run_start < end:
+        first = times[run_start]
+        out["TERMINAL_ID_DAYS_SINCE_RUN_START"] = (now - first) / DAY_MS
+        out["TERMINAL_ID_CALDAYS_SINCE_RUN_START"] = float(now // DAY_MS - first // DAY_MS)
+        if run_start > i30:
+            genuine = times[run_start - 1]
+            out["TERMINAL_ID_DAYS_SINCE_RUN_PRECEDING_GENUINE"] = (now - genuine) / DAY_MS
+            out["TERMINAL_ID_CALDAYS_SINCE_RUN_PRECEDING_GENUINE"] = float(
+                now // DAY_MS - genuine // DAY_MS)
+        else:
+            out["TERMINAL_ID_DAYS_SINCE_RUN_PRECEDING_GENUINE"] = none
+            out["TERMINAL_ID_CALDAYS_SINCE_RUN_PRECEDING_GENUINE"] = none
+    else:
+        for key in ("DAYS_SINCE_RUN_START", "CALDAYS_SINCE_RUN_START",
+                    "DAYS_SINCE_RUN_PRECEDING_GENUINE", "CALDAYS_SINCE_RUN_PRECEDING_GENUINE"):
+            out[f"TERMINAL_ID_{key}"] = none
     return out
 
 
@@ -391,16 +458,17 @@ def row_features(card_state: dict[str, Any], terminal_state: dict[str, Any], t_m
                  amount: float, country: str | None = None) -> dict[str, float]:
     """Every feature of one transaction, read after it was observed in both states.
 
-    The model picks its columns by name (``feature_names``); the gateway columns that need a
-    country are 0 when it is not given.
+    The model picks its columns by name (``feature_names``); ``cross_border_transaction_flag``
+    is 0 when no country is given.
     """
-    card = card_features(card_state, t_ms)
+    t_ms = int(t_ms)
+    amount = float(amount)
+    window = _card_scan(card_state, t_ms)
     row = transaction_features(t_ms, amount)
-    row.update(card)
-    row.update(card_amount_features(card, amount))
+    row.update(_card_dict(window, t_ms))
+    row.update(_amount_dict(window, amount))
     row.update(terminal_features(terminal_state, t_ms))
     row["cross_border_transaction_flag"] = cross_border(card_state, country)
-    del row["_SUM_SQUARES_30DAY"]
     return row
 
 

@@ -24,12 +24,14 @@ import faust
 from prometheus_client import start_http_server
 
 from schemas.codec import make_codec
-from scoring import velocity
-from scoring.rules import RuleEngine
 from streams import metrics
 from streams.config import Settings
-from streams.processing import Admitted, Output, Processor, Source, event_millis
+from streams.models import build_pipeline
+from streams.processing import Admitted, Output, Processor, Source
+from streams.stages import CardStage, TerminalStage
 from streams.topics import DEAD_LETTER_MAX_BYTES, Topic, topic_name
+
+log = logging.getLogger(__name__)
 
 
 def _broker_url(bootstrap: str) -> str:
@@ -79,7 +81,9 @@ def _add_ops(app: faust.App, settings: Settings) -> None:
 def create_app(settings: Settings) -> faust.App:
     app = _faust_app(settings)
     codec = make_codec(settings.schema_registry_url)
-    processor = Processor(settings, codec, RuleEngine.from_file())
+    admission = Processor(settings, codec)
+    card_stage = CardStage(codec, settings.topic_prefix)
+    terminal_stage = TerminalStage(codec, build_pipeline(settings), settings.topic_prefix)
 
     def raw_topic(topic: Topic) -> faust.TopicT:
         return app.topic(topic_name(topic, settings.topic_prefix), key_type=bytes,
@@ -87,12 +91,15 @@ def create_app(settings: Settings) -> faust.App:
 
     transactions = raw_topic(Topic.TRANSACTIONS)
     outcomes = raw_topic(Topic.AUTH_OUTCOMES)
+    labels = raw_topic(Topic.LABELS)
+    scoring = raw_topic(Topic.SCORING)
     outputs = {topic_name(t, settings.topic_prefix): raw_topic(t)
-               for t in (Topic.DECISIONS, Topic.DEAD_LETTERS)}
-    # Per-card recent (event time, transaction id) pairs; changelogged, so a restarted worker
-    # recovers it before processing.
-    card_history = app.Table("card-velocity", default=list,
-                             partitions=settings.default_partitions)
+               for t in (Topic.DECISIONS, Topic.DEAD_LETTERS, Topic.SCORING)}
+    # Changelogged state, recovered before a restarted worker processes anything. Card state
+    # lives on the card's partition, terminal state on the terminal's (see streams.stages).
+    card_table = app.Table("card-state", default=dict, partitions=settings.default_partitions)
+    terminal_table = app.Table("terminal-state", default=dict,
+                               partitions=settings.default_partitions)
     processed: dict[tuple[str, int], int] = {}
 
     async def send(out: Output) -> None:
@@ -105,26 +112,63 @@ def create_app(settings: Settings) -> faust.App:
         ts = msg.timestamp * 1000.0 if msg.timestamp is not None else None
         return Source(msg.topic, msg.partition, msg.offset, msg.key, ts)
 
-    @app.agent(transactions, name="decide", concurrency=1)
-    async def decide(stream: faust.StreamT[bytes]) -> None:
+    @app.agent(transactions, name="card-stage", concurrency=1)
+    async def card_agent(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
-            started = time.time()
+            received = time.time()
             source = source_of(event)
-            admitted = processor.admit(event.message.value, source, "transaction")
+            admitted = admission.admit(event.message.value, source, "transaction")
             if not isinstance(admitted, Admitted):
                 await send(admitted)
                 continue
             tx = admitted.record
             card = tx["card_token"]
-            history = velocity.record(card_history[card], event_millis(tx), tx["transaction_id"])
-            card_history[card] = history
-            decision = processor.decide(tx, history)
-            await send(processor.verdict(tx, decision, started, source))
+            try:
+                stored = card_table[card]
+                state, amounts, row = card_stage.features(stored.get("features") or None, tx,
+                                                          stored.get("amounts", []))
+                card_table[card] = {"features": state, "amounts": amounts}
+                stale = None
+            except Exception:  # the feature store failed: decide on what we last knew
+                log.exception("card state unavailable for a transaction; using cached features")
+                metrics.FEATURE_STORE_ERRORS.inc()
+                cached = card_stage.cached(card)
+                row, stale = (cached[0], received - cached[1]) if cached else ({}, 1e9)
+                amounts = []
+            await send(card_stage.hand_over(tx, row, amounts, source, received, stale))
+
+    @app.agent(labels, name="label-stage", concurrency=1)
+    async def label_agent(stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            admitted = admission.admit(event.message.value, source_of(event), "label")
+            if not isinstance(admitted, Admitted):
+                await send(admitted)
+                continue
+            out = card_stage.forward_label(admitted.record)
+            if out is None:
+                metrics.LABELS_WITHOUT_TERMINAL.inc()
+            else:
+                await send(out)
+
+    @app.agent(scoring, name="terminal-stage", concurrency=1)
+    async def terminal_agent(stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
+            started = time.time()
+            source_of(event)
+            scoring_event = terminal_stage.decode(event.message.value)
+            terminal = scoring_event["terminal_id"]
+            state = terminal_table[terminal] or None
+            if scoring_event["kind"] == "LABEL":
+                terminal_table[terminal] = terminal_stage.observe_label(state, scoring_event)
+                continue
+            state, verdict = terminal_stage.decide(state, scoring_event, started)
+            terminal_table[terminal] = state
+            await send(verdict)
 
     @app.agent(outcomes, name="observe-outcomes", concurrency=1)
     async def observe_outcomes(stream: faust.StreamT[bytes]) -> None:
         async for event in stream.events():
-            admitted = processor.admit(event.message.value, source_of(event),
+            admitted = admission.admit(event.message.value, source_of(event),
                                        "authorization_outcome")
             if not isinstance(admitted, Admitted):
                 await send(admitted)

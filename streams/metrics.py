@@ -20,6 +20,12 @@ VERDICT_LATENCY = Histogram(
     "From the transaction's Kafka timestamp to its verdict handed to the producer.",
     buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0),
 )
+FALLBACKS = Counter("rakshit_fallbacks", "Degraded paths taken by the decision chain, by name.",
+                    ["fallback"])
+FEATURE_STORE_ERRORS = Counter("rakshit_feature_store_errors",
+                               "Card-state reads or writes that failed (cached features used).")
+LABELS_WITHOUT_TERMINAL = Counter("rakshit_labels_without_terminal",
+                                  "Labels naming no terminal: terminal risk cannot count them.")
 WORKER_READY = Gauge("rakshit_worker_ready",
                      "1 once tables are recovered and partitions assigned; 0 while rebalancing.")
 CONSUMER_LAG = Gauge("rakshit_consumer_lag",

@@ -1,30 +1,26 @@
 """What the worker does with one record, with no Kafka or Faust in sight.
 
-The Faust agents in `streams.app` are thin shells around this: they hand over raw bytes and where
-they came from, keep the card's velocity state in a table, and send whatever comes back. Keeping the
-steps here lets the tests drive the whole per-record path without a broker, and keeps the order of
-operations explicit: size check, decode, redact card numbers, validate, features, decide, encode.
+Admission is the first step for every input record: size check, decode, redact card numbers,
+validate; a record that fails any of them becomes its dead letter here. The Faust agents in
+`streams.app` are thin shells around this and `streams.stages`; keeping the steps out of Faust lets
+the tests drive the whole per-record path without a broker.
 """
 
 from __future__ import annotations
 
-import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-from agents.decision import Decision, decide_rules_only
 from schemas.codec import Codec, DecodeError
 from schemas.pan import redact_bytes, redact_record
-from scoring import velocity
-from scoring.rules import RuleEngine
 from streams import metrics
 from streams.config import Settings
 from streams.topics import Topic, topic_name
-from streams.validation import Limits, Rejection, check_outcome, check_transaction
+from streams.validation import CHECKS, Limits, Rejection
 
 VERDICT_NAMESPACE = uuid.UUID("6f1d2c1e-8a4b-4f0e-9a57-52a4b7d1c0de")
 
@@ -56,13 +52,11 @@ class Admitted:
 class Processor:
     """Per-record logic shared by the live worker and the broker-free tests."""
 
-    def __init__(self, settings: Settings, codec: Codec, rules: RuleEngine) -> None:
+    def __init__(self, settings: Settings, codec: Codec) -> None:
         self.settings = settings
         self.codec = codec
-        self.rules = rules
         self.limits = Limits(Decimal(str(settings.max_amount)), settings.max_future_skew_s)
         prefix = settings.topic_prefix
-        self.decisions_topic = topic_name(Topic.DECISIONS, prefix)
         self.dead_letter_topic = topic_name(Topic.DEAD_LETTERS, prefix)
 
     # -- admission: everything that can send a record to the dead-letter topic ----------------
@@ -83,8 +77,7 @@ class Processor:
         record, found = redact_record(decoded.record)
         if found:
             metrics.PAN_REDACTIONS.labels(source.topic).inc(found)
-        check = check_transaction if expect == "transaction" else check_outcome
-        rejection = check(record, datetime.now(UTC), self.limits)
+        rejection = CHECKS[expect](record, datetime.now(UTC), self.limits)
         if rejection is not None:
             return self.dead_letter(raw, source, rejection)
         return Admitted(record, found)
@@ -111,52 +104,10 @@ class Processor:
         value = self.codec.encode("dead_letter", letter, topic=self.dead_letter_topic)
         return Output(self.dead_letter_topic, source.topic.encode(), value)
 
-    # -- decision -----------------------------------------------------------------------------
 
-    @staticmethod
-    def features(tx: Mapping[str, Any], history: Sequence[velocity.Entry]) -> dict[str, float]:
-        event_ms = _millis(tx["event_time"])
-        counts = velocity.counts(history, event_ms)
-        return {
-            "card_velocity_1h": float(counts["1h"]),
-            "card_velocity_24h": float(counts["24h"]),
-            "amount": float(tx["amount"]),
-        }
-
-    def decide(self, tx: Mapping[str, Any], history: Sequence[velocity.Entry]) -> Decision:
-        features = self.features(tx, history)
-        return decide_rules_only(features, self.rules.evaluate(features))
-
-    def verdict(self, tx: Mapping[str, Any], decision: Decision, started: float,
-                source: Source) -> Output:
-        now = time.time()
-        record = {
-            "verdict_id": str(uuid.uuid5(VERDICT_NAMESPACE, tx["transaction_id"])),
-            "transaction_id": tx["transaction_id"],
-            "card_token": tx["card_token"],
-            "decision": decision.decision,
-            "score": decision.score,
-            "model_version": decision.model_version,
-            "arm": "NONE",
-            "reasons": [{"feature": f, "value": v, "contribution": c}
-                        for f, v, c in decision.reasons],
-            "rules_fired": [{"rule_id": h.rule_id, "reason": h.reason}
-                            for h in decision.rules_fired],
-            "guardrails": [],
-            "fallbacks": list(decision.fallbacks),
-            "customer_message": decision.customer_message,
-            "processing_latency_ms": (now - started) * 1000.0,
-            "transaction_time": tx["event_time"],
-            "decided_at": datetime.fromtimestamp(now, UTC),
-            "is_override": False,
-            "overrides_verdict_id": None,
-            "decided_by": "worker",
-        }
-        value = self.codec.encode("verdict", record, topic=self.decisions_topic)
-        metrics.VERDICTS.labels(decision.decision).inc()
-        if source.timestamp_ms is not None:
-            metrics.VERDICT_LATENCY.observe(max(0.0, now - source.timestamp_ms / 1000.0))
-        return Output(self.decisions_topic, tx["transaction_id"].encode(), value)
+def verdict_id(transaction_id: str) -> str:
+    """Deterministic, so a verdict re-issued after a crash carries the same id."""
+    return str(uuid.uuid5(VERDICT_NAMESPACE, transaction_id))
 
 
 def _millis(ts: datetime) -> int:

@@ -8,7 +8,7 @@ dead-letter counter tells an SRE what kind of bad input is arriving.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -62,6 +62,16 @@ def check_transaction(tx: Mapping[str, Any], now: datetime, limits: Limits) -> R
     return _event_time(tx, now, limits)
 
 
+def check_label(label: Mapping[str, Any], now: datetime, limits: Limits) -> Rejection | None:
+    for name in ("transaction_id", "card_token"):
+        if not str(label[name]).strip():
+            return Rejection("invalid_value", f"{name} is empty")
+    if label["known_at"] < label["transaction_time"]:
+        return Rejection("invalid_value", "known_at precedes the transaction: a label from the "
+                                          "future of its own transaction")
+    return _event_time({"event_time": label["transaction_time"]}, now, limits)
+
+
 def check_outcome(outcome: Mapping[str, Any], now: datetime, limits: Limits) -> Rejection | None:
     for name in ("transaction_id", "route", "issuer_id"):
         if not str(outcome[name]).strip():
@@ -70,3 +80,11 @@ def check_outcome(outcome: Mapping[str, Any], now: datetime, limits: Limits) -> 
     if not 0 <= latency <= MAX_ROUTE_LATENCY_MS:
         return Rejection("invalid_value", f"latency_ms {latency} outside 0..{MAX_ROUTE_LATENCY_MS}")
     return _event_time(outcome, now, limits)
+
+
+Check = Callable[[Mapping[str, Any], datetime, Limits], Rejection | None]
+CHECKS: dict[str, Check] = {
+    "transaction": check_transaction,
+    "authorization_outcome": check_outcome,
+    "label": check_label,
+}

@@ -8,8 +8,6 @@ from decimal import Decimal
 import pytest
 
 from schemas.codec import make_codec
-from scoring import velocity
-from scoring.rules import RuleEngine
 from streams.config import Settings
 from streams.processing import Admitted, Output, Processor, Source
 from tests.factories import transaction
@@ -19,7 +17,7 @@ TOPIC = "rakshit.transactions"
 
 @pytest.fixture
 def processor() -> Processor:
-    return Processor(Settings(max_record_bytes=2048), make_codec(None), RuleEngine.from_file())
+    return Processor(Settings(max_record_bytes=2048), make_codec(None))
 
 
 def source(offset: int = 0) -> Source:
@@ -77,28 +75,6 @@ def test_dead_letter_keeps_the_whole_record_with_card_data_masked(processor: Pro
     assert letter["source_offset"] == 7 and letter["source_topic"] == TOPIC
     assert len(letter["original"]) == len(raw) and b"4111111111111111" not in letter["original"]
     assert letter["original"].startswith(b"not avro ") and letter["pan_redactions"] == 1
-
-
-def test_verdict_from_rules_only(processor: Processor) -> None:
-    start = datetime.now(UTC) - timedelta(minutes=30)
-    history: list[velocity.Entry] = []
-    decisions = []
-    for i in range(9):
-        tx = transaction(i, card="tok_a", when=start + timedelta(minutes=i))
-        history = velocity.record(history, velocity_ms(tx), tx["transaction_id"])
-        decision = processor.decide(tx, history)
-        out = processor.verdict(tx, decision, 0.0, source(i))
-        verdict = processor.codec.decode(out.value, topic=out.topic, expect="verdict").record
-        assert out.key == tx["transaction_id"].encode()
-        decisions.append(verdict["decision"])
-        assert verdict["customer_message"] and "0." not in verdict["customer_message"]
-    assert decisions == ["APPROVE"] * 7 + ["REVIEW"] * 2
-
-
-def velocity_ms(tx: dict[str, object]) -> int:
-    when = tx["event_time"]
-    assert isinstance(when, datetime)
-    return int(when.timestamp() * 1000)
 
 
 def test_the_demo_bad_records_each_land_with_the_reason_they_claim(processor: Processor) -> None:

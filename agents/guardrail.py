@@ -1,0 +1,443 @@
+"""The guardrail agent: checks that hold whatever the model says, and fail closed.
+
+Every check returns a ``Check`` (name, passed, detail), and every verdict lists every check, passed
+or not, so a check that did not run shows up as a missing entry. A failed check also says what it
+demands: ``block`` (the payment is declined), ``review`` (an analyst must look), ``exclude_model``
+(the model may not be used) or ``record`` (noted for humans, no effect on this payment).
+
+- **card_data**: no card number in anything the verdict carries (``schemas.pan``); one found is
+  masked before the verdict leaves, and the check fails so the leak is investigated.
+- **aml_sanctions**: merchant / counterparty names against a sanctions list (``sanctions.txt``
+  here holds clearly fictitious names), normalised (accents, case, punctuation, legal suffixes such
+  as Ltd or GmbH) and fuzzily matched, because listed parties misspell and reorder their names.
+  A match **blocks**: a REVIEW would let the payment through while the analyst looks.
+- **aml_structuring**: repeated amounts just under a reporting threshold from one card within a
+  window (splitting one large payment to stay under the reporting limit). The card's recent
+  near-threshold amounts are plain data the caller keeps (like the velocity state) and passes in;
+  ``record_amount`` updates it. A hit sends the payment to **review** (the analyst files the
+  report); the payment itself is not illegal.
+- **protected_attributes**: no configured protected attribute (age, gender, ...) among the model's
+  features; matched on whole name tokens, so ``customer_age`` is caught and ``page_views`` is not.
+  A model that fails is **excluded** and the rules decide.
+- **decline_disparity**: the decline rate of this transaction's segment (country, channel, ...) over
+  a window against the rate of all other transactions, with a maximum ratio (against the rest, not
+  the overall rate, which the segment itself pulls up). **Recorded only**: a single payment is
+  not the place to act on an aggregate, and a segment under a real attack would otherwise have its
+  declines turned into approvals; the failed check on every verdict of the segment is the alarm.
+
+If a check itself raises, the outcome is ``block``, with a ``guardrail_error`` check saying so:
+a guardrail that cannot run has not passed.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import unicodedata
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from difflib import SequenceMatcher
+from pathlib import Path
+from typing import Any
+
+from schemas.pan import redact_text
+
+__all__ = [
+    "BLOCK",
+    "DEFAULT_SANCTIONS",
+    "PASS",
+    "PROTECTED_ATTRIBUTES",
+    "REVIEW",
+    "AmountEntry",
+    "Check",
+    "DisparityConfig",
+    "DisparityMonitor",
+    "Guardrail",
+    "GuardrailConfig",
+    "GuardrailOutcome",
+    "SanctionsList",
+    "StructuringConfig",
+    "check_card_data",
+    "normalize_name",
+    "protected_in",
+    "record_amount",
+    "structuring_check",
+]
+
+DEFAULT_SANCTIONS = Path(__file__).resolve().parent / "sanctions.txt"
+PASS, REVIEW, BLOCK = "pass", "review", "block"
+EXCLUDE_MODEL, RECORD = "exclude_model", "record"
+_RANK = {PASS: 0, RECORD: 0, EXCLUDE_MODEL: 0, REVIEW: 1, BLOCK: 2}
+HOUR_MS = 3_600_000
+
+PROTECTED_ATTRIBUTES = (
+    "age", "date_of_birth", "gender", "sex", "race", "ethnicity", "religion", "nationality",
+    "marital_status", "disability", "pregnancy", "sexual_orientation", "caste",
+)
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    passed: bool
+    detail: str
+    on_fail: str = RECORD  # what a failure demands: block | review | exclude_model | record
+
+    @property
+    def action(self) -> str:
+        return PASS if self.passed else self.on_fail
+
+
+@dataclass(frozen=True)
+class GuardrailOutcome:
+    checks: tuple[Check, ...]
+    action: str  # pass | review | block
+    error: str | None = None
+
+    @classmethod
+    def of(cls, checks: Iterable[Check], error: str | None = None) -> GuardrailOutcome:
+        items = tuple(checks)
+        action = max((c.action for c in items), key=lambda a: _RANK[a], default=PASS)
+        return cls(items, action if _RANK[action] else PASS, error)
+
+
+def failed_closed(exc: BaseException, checks: Iterable[Check] = ()) -> GuardrailOutcome:
+    """The outcome when a guardrail raised: block, and say which error."""
+    name = type(exc).__name__
+    error = Check("guardrail_error", False, f"a guardrail check raised {name}; failing closed",
+                  BLOCK)
+    return GuardrailOutcome((*checks, error), BLOCK, name)
+
+
+# -- card data ------------------------------------------------------------------------------------
+
+def check_card_data(texts: Sequence[str]) -> tuple[Check, list[str]]:
+    """Scan the verdict's strings for card numbers; return the check and the strings, masked."""
+    masked: list[str] = []
+    found = 0
+    for text in texts:
+        clean, count = redact_text(text)
+        masked.append(clean)
+        found += count
+    if found:
+        return Check("card_data", False, f"{found} card number(s) found in the verdict and masked",
+                     RECORD), masked
+    return Check("card_data", True, "no card number in the verdict"), masked
+
+
+# -- sanctions ------------------------------------------------------------------------------------
+
+_LEGAL_SUFFIXES = frozenset({
+    "ltd", "limited", "llc", "inc", "co", "company", "corp", "corporation", "gmbh", "ag", "sa",
+    "plc", "bv", "pvt", "llp", "srl", "spa",
+})
+
+
+def normalize_name(name: str) -> str:
+    """Lower case, no accents or punctuation, no legal-form words, single spaces."""
+    decomposed = unicodedata.normalize("NFKD", name)
+    plain = "".join(ch for ch in decomposed if not unicodedata.combining(ch)).casefold()
+    tokens = re.split(r"[^0-9a-z]+", plain)
+    return " ".join(t for t in tokens if t and t not in _LEGAL_SUFFIXES)
+
+
+def _similarity(a: str, b: str, floor: float) -> float:
+    """Similarity of two normalised names in [0, 1]; 0 when it cannot reach ``floor``."""
+    if a == b:
+        return 1.0
+    ta, tb = a.split(), b.split()
+    if len(tb) >= 2 and set(tb) <= set(ta):  # every word of the listed name is in the name
+        return 1.0
+    direct = SequenceMatcher(None, a, b)
+    # Both quick ratios are upper bounds of ratio(), and the reordered strings hold the same
+    # characters, so one cheap bound rules out most names before the quadratic comparison.
+    if direct.real_quick_ratio() < floor or direct.quick_ratio() < floor:
+        return 0.0
+    reordered = SequenceMatcher(None, " ".join(sorted(ta)), " ".join(sorted(tb)))
+    return max(direct.ratio(), reordered.ratio())
+
+
+@dataclass(frozen=True)
+class SanctionsMatch:
+    entry: str
+    similarity: float
+
+
+class SanctionsList:
+    """Fuzzy screening of names. Merchant names repeat heavily, so results are memoised per
+    normalised name (bounded; the list is fixed for the life of the object)."""
+
+    CACHE_SIZE = 50_000
+
+    def __init__(self, names: Iterable[str], min_similarity: float = 0.88) -> None:
+        self.min_similarity = min_similarity
+        self.entries = [(name, normalize_name(name)) for name in names if normalize_name(name)]
+        if not self.entries:
+            raise ValueError("an empty sanctions list screens nothing; refusing to start")
+        self._memo: dict[str, SanctionsMatch | None] = {}
+
+    @classmethod
+    def from_file(cls, path: Path = DEFAULT_SANCTIONS, min_similarity: float = 0.88
+                  ) -> SanctionsList:
+        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+        return cls([x for x in lines if x and not x.startswith("#")], min_similarity)
+
+    def match(self, name: str) -> SanctionsMatch | None:
+        """The best-matching entry at or above the similarity threshold, if any."""
+        normalized = normalize_name(name)
+        if not normalized:
+            return None
+        if normalized in self._memo:
+            return self._memo[normalized]
+        best: SanctionsMatch | None = None
+        for entry, entry_norm in self.entries:
+            score = _similarity(normalized, entry_norm, self.min_similarity)
+            if score >= self.min_similarity and (best is None or score > best.similarity):
+                best = SanctionsMatch(entry, score)
+        if len(self._memo) >= self.CACHE_SIZE:
+            self._memo.clear()
+        self._memo[normalized] = best
+        return best
+
+
+# -- structuring ----------------------------------------------------------------------------------
+
+AmountEntry = tuple[int, str, float, str]
+"""(event time ms, transaction id, amount, currency): one near-threshold payment of a card."""
+
+
+def _default_thresholds() -> dict[str, float]:
+    # Cash/transaction reporting thresholds (US CTR 10,000 USD; EU AML 10,000 EUR; India CTR
+    # 10 lakh INR). Configure per jurisdiction; a currency without one is reported as unscreened.
+    return {"USD": 10_000.0, "EUR": 10_000.0, "GBP": 10_000.0, "INR": 1_000_000.0}
+
+
+@dataclass(frozen=True)
+class StructuringConfig:
+    thresholds: Mapping[str, float] = field(default_factory=_default_thresholds)
+    band: float = 0.10  # "just under" = within 10 % below the threshold
+    min_count: int = 3  # this payment included
+    window_ms: int = 24 * HOUR_MS
+    max_entries: int = 100
+
+    def in_band(self, amount: float, currency: str) -> bool:
+        threshold = self.thresholds.get(currency)
+        return threshold is not None and threshold * (1.0 - self.band) <= amount < threshold
+
+
+def record_amount(history: Sequence[Sequence[Any]], event_ms: int, transaction_id: str,
+                  amount: float, currency: str,
+                  config: StructuringConfig = StructuringConfig()) -> list[AmountEntry]:
+    """The card's state with this payment added, once; only near-threshold amounts are kept (the
+    others can never count towards structuring), and entries past the window are dropped."""
+    entries: list[AmountEntry] = [(int(t), str(i), float(a), str(c)) for t, i, a, c in history]
+    if config.in_band(amount, currency) and all(i != transaction_id for _, i, _, _ in entries):
+        entries.append((int(event_ms), transaction_id, float(amount), currency))
+    if not entries:
+        return entries
+    newest = max(t for t, _, _, _ in entries)
+    kept = sorted(e for e in entries if e[0] > newest - config.window_ms)
+    return kept[-config.max_entries:]
+
+
+def structuring_check(history: Sequence[Sequence[Any]], transaction_id: str, amount: float,
+                      currency: str, event_ms: int,
+                      config: StructuringConfig = StructuringConfig()) -> Check:
+    threshold = config.thresholds.get(currency)
+    if threshold is None:
+        return Check("aml_structuring", True,
+                     f"no reporting threshold configured for {currency}; not screened")
+    if not config.in_band(amount, currency):
+        return Check("aml_structuring", True, "amount is not just under the reporting threshold")
+    earlier = {
+        str(i) for t, i, a, c in history
+        if str(i) != transaction_id and str(c) == currency
+        and event_ms - config.window_ms < int(t) <= event_ms
+        and config.in_band(float(a), currency)
+    }
+    count = len(earlier) + 1
+    hours = config.window_ms / HOUR_MS
+    detail = (f"{count} payment(s) on this card within {hours:g} h just under the "
+              f"{threshold:,.0f} {currency} reporting threshold (limit {config.min_count - 1})")
+    return Check("aml_structuring", count < config.min_count, detail, REVIEW)
+
+
+# -- protected attributes -------------------------------------------------------------------------
+
+def _tokens(name: str) -> list[str]:
+    spaced = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name)  # camelCase -> camel_Case
+    return [t for t in re.split(r"[^0-9a-z]+", spaced.lower()) if t]
+
+
+def protected_in(feature_names: Iterable[str], protected: Iterable[str]) -> list[str]:
+    """Feature names that contain a protected attribute as whole consecutive tokens."""
+    terms = [_tokens(p) for p in protected]
+    hits = []
+    for name in feature_names:
+        tokens = _tokens(name)
+        for term in terms:
+            n = len(term)
+            if n and any(tokens[i:i + n] == term for i in range(len(tokens) - n + 1)):
+                hits.append(name)
+                break
+    return hits
+
+
+# -- decline-rate disparity -----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DisparityConfig:
+    dimensions: tuple[str, ...] = ("country", "channel")
+    max_ratio: float = 3.0
+    window_ms: int = HOUR_MS
+    min_count: int = 50  # segments with fewer decisions in the window are not judged
+    max_events: int = 100_000
+
+
+class DisparityMonitor:
+    """Decline counts per segment over a sliding event-time window, updated incrementally.
+
+    Events are expired from the oldest end as the newest event time advances; records from
+    partitions that lag may leave an event up to their lag longer than the window, which is fine
+    for an alarm.
+    """
+
+    def __init__(self, config: DisparityConfig = DisparityConfig()) -> None:
+        self.config = config
+        self._events: deque[tuple[int, tuple[str, ...], bool]] = deque()
+        self._segments: dict[tuple[str, str], list[int]] = {}
+        self._total = [0, 0]
+        self._newest = -math.inf
+
+    def __len__(self) -> int:
+        """Decisions currently in the window."""
+        return len(self._events)
+
+    def segments(self, tx: Mapping[str, Any]) -> tuple[str, ...]:
+        return tuple(str(tx.get(d) or "UNKNOWN") for d in self.config.dimensions)
+
+    def _expire(self) -> None:
+        horizon = self._newest - self.config.window_ms
+        while self._events and (self._events[0][0] <= horizon
+                                or len(self._events) > self.config.max_events):
+            _, values, declined = self._events.popleft()
+            self._total[0] -= 1
+            self._total[1] -= declined
+            for key in zip(self.config.dimensions, values, strict=True):
+                counts = self._segments[key]
+                counts[0] -= 1
+                counts[1] -= declined
+                if counts[0] == 0:
+                    del self._segments[key]
+
+    def record(self, event_ms: int, tx: Mapping[str, Any], declined: bool) -> None:
+        values = self.segments(tx)
+        self._events.append((int(event_ms), values, bool(declined)))
+        self._newest = max(self._newest, int(event_ms))
+        self._total[0] += 1
+        self._total[1] += declined
+        for key in zip(self.config.dimensions, values, strict=True):
+            counts = self._segments.setdefault(key, [0, 0])
+            counts[0] += 1
+            counts[1] += declined
+        self._expire()
+
+    def check(self, tx: Mapping[str, Any]) -> Check:
+        total, declines = self._total
+        if declines == 0:
+            return Check("decline_disparity", True, "no declines in the window")
+        notes: list[str] = []
+        worst: list[str] = []
+        for dim, value in zip(self.config.dimensions, self.segments(tx), strict=True):
+            n, d = self._segments.get((dim, value), [0, 0])
+            rest_n, rest_d = total - n, declines - d
+            if min(n, rest_n) < self.config.min_count:
+                notes.append(f"{dim}={value}: {n} decisions against {rest_n}, too few to judge")
+                continue
+            if d == 0:
+                continue
+            ratio = math.inf if rest_d == 0 else (d / n) / (rest_d / rest_n)
+            line = f"{dim}={value}: decline rate {ratio:.1f}x that of other transactions"
+            (worst if ratio > self.config.max_ratio else notes).append(line)
+        if worst:
+            return Check("decline_disparity", False,
+                         "; ".join(worst) + f" (max {self.config.max_ratio:g}x)", RECORD)
+        return Check("decline_disparity", True, "; ".join(notes) or "within the ratio")
+
+
+# -- the agent ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class GuardrailConfig:
+    sanctions_path: Path = DEFAULT_SANCTIONS
+    sanctions_min_similarity: float = 0.88
+    screened_fields: tuple[str, ...] = ("merchant_name", "counterparty_name")
+    structuring: StructuringConfig = field(default_factory=StructuringConfig)
+    protected_attributes: tuple[str, ...] = PROTECTED_ATTRIBUTES
+    disparity: DisparityConfig = field(default_factory=DisparityConfig)
+
+
+class Guardrail:
+    def __init__(self, config: GuardrailConfig = GuardrailConfig(),
+                 sanctions: SanctionsList | None = None) -> None:
+        self.config = config
+        self.sanctions = sanctions if sanctions is not None else SanctionsList.from_file(
+            config.sanctions_path, config.sanctions_min_similarity)
+        self.disparity = DisparityMonitor(config.disparity)
+        self._model_checks: dict[tuple[str, ...], Check] = {}
+
+    def check_model(self, feature_names: Sequence[str]) -> Check:
+        """Protected attributes among a model's features (cached: a model's features are fixed)."""
+        key = tuple(feature_names)
+        if key not in self._model_checks:
+            hits = protected_in(key, self.config.protected_attributes)
+            self._model_checks[key] = (
+                Check("protected_attributes", False,
+                      f"model uses protected attribute(s): {', '.join(hits)}", EXCLUDE_MODEL)
+                if hits else
+                Check("protected_attributes", True,
+                      f"none of {len(key)} model features is a protected attribute"))
+        return self._model_checks[key]
+
+    def allowed_features(self, names: Iterable[str]) -> list[str]:
+        """Names that are not protected attributes (what the online learner may see)."""
+        names = list(names)
+        banned = set(protected_in(names, self.config.protected_attributes))
+        return [n for n in names if n not in banned]
+
+    def check_sanctions(self, tx: Mapping[str, Any]) -> Check:
+        screened = 0
+        for name in self.config.screened_fields:
+            value = tx.get(name)
+            if not value:
+                continue
+            screened += 1
+            hit = self.sanctions.match(str(value))
+            if hit is not None:
+                return Check("aml_sanctions", False,
+                             f"{name} matches sanctions entry {hit.entry!r} "
+                             f"(similarity {hit.similarity:.2f})", BLOCK)
+        if not screened:
+            return Check("aml_sanctions", True, "no counterparty name to screen")
+        return Check("aml_sanctions", True, f"{screened} name(s) screened, no match")
+
+    def screen(self, tx: Mapping[str, Any], amount_history: Sequence[Sequence[Any]],
+               event_ms: int, model_features: Sequence[str] | None) -> GuardrailOutcome:
+        """Every pre-decision check. Never raises: an error blocks (see the module docstring)."""
+        checks: list[Check] = []
+        try:
+            if model_features is not None:
+                checks.append(self.check_model(model_features))
+            checks.append(self.check_sanctions(tx))
+            checks.append(structuring_check(
+                amount_history, str(tx["transaction_id"]), float(tx["amount"]),
+                str(tx["currency"]), event_ms, self.config.structuring))
+            checks.append(self.disparity.check(tx))
+        except Exception as exc:
+            return failed_closed(exc, checks)
+        return GuardrailOutcome.of(checks)
+
+    def observe_decision(self, tx: Mapping[str, Any], event_ms: int, decision: str) -> None:
+        """Feed the disparity window with the decision actually taken."""
+        self.disparity.record(event_ms, tx, decision == "DECLINE")

@@ -52,6 +52,15 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--max", type=int, default=None, help="stop after N records")
     tail.add_argument("--json", action="store_true", help="one JSON object per line")
 
+    evaluate = sub.add_parser("evaluate", help="handbook protocols on features streamed through "
+                                                "Kafka, beside the published numbers")
+    evaluate.add_argument("--data", type=Path, default=HANDBOOK_DIR,
+                          help="a folder laid out like the handbook (raw/ with monthly Parquet)")
+    evaluate.add_argument("--protocol", choices=("chapter3", "chapter5"), default="chapter5")
+    evaluate.add_argument("--summary-json", type=Path, default=None)
+    evaluate.add_argument("--curves", type=Path, default=Path("artifacts/curves"),
+                          help="where the ROC and precision-recall PNGs go")
+
     bench = sub.add_parser("bench", help="benchmarks that print figures")
     bench.add_argument("what", choices=("pipeline",))
     bench.add_argument("--transactions", type=int, default=20_000)
@@ -149,6 +158,20 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.suppress(KeyboardInterrupt):
             tail(settings, args.topic, args.from_beginning, args.max, args.json)
         return 0
+
+    if args.command == "evaluate":
+        from scoring.train import format_report
+        from streams.broker import ensure_broker
+        from streams.evaluate import evaluate
+
+        ensure_broker(settings)
+        result = evaluate(settings, args.data, args.protocol, args.summary_json, args.curves)
+        print(format_report(result))
+        worst = max(result["parity_max_relative_error"].items(), key=lambda kv: kv[1])
+        print(f"parity (streamed vs offline, {len(result['parity_max_relative_error'])} "
+              f"features): worst {worst[0]} {worst[1]:.2e} -> "
+              f"{'OK' if result['parity_ok'] else 'MISMATCH'}")
+        return 0 if result["parity_ok"] else 1
 
     if args.command == "bench":
         from streams.admin import ensure_topics

@@ -136,6 +136,7 @@ def iter_handbook(
     *,
     label_delay_days: float = DEFAULT_LABEL_DELAY_DAYS,
     label_lead: timedelta = timedelta(0),
+    fraud_labels_only: bool = False,
 ) -> Iterator[ReplayEvent]:
     """Transactions and their labels, merged in event-time order.
 
@@ -147,7 +148,9 @@ def iter_handbook(
     unchanged). Consumers that honour known_at lose nothing by it, and it gives a replay at full
     speed a margin against the race between the labels and transactions topics: a worker
     consuming both can otherwise see a transaction a few milliseconds before a label that,
-    in event time, came first.
+    in event time, came first. ``fraud_labels_only`` leaves out GENUINE labels: terminal risk
+    needs only the frauds (an unlabelled transaction a week old counts as genuine), and the
+    replay's traffic halves.
     """
     delay = timedelta(days=label_delay_days)
     pending: deque[tuple[datetime, dict[str, Any]]] = deque()  # constant delay keeps it sorted
@@ -157,6 +160,9 @@ def iter_handbook(
             known_at, label = pending.popleft()
             yield ReplayEvent("label", known_at, label)
         known_at = moment + delay
+        if fraud_labels_only and not fraud:
+            yield ReplayEvent("transaction", moment, record)
+            continue
         pending.append((known_at, {
             "transaction_id": record["transaction_id"],
             "card_token": record["card_token"],

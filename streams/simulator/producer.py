@@ -337,6 +337,7 @@ def replay_handbook(
     *,
     label_delay_days: float = DEFAULT_LABEL_DELAY_DAYS,
     label_lead_s: float = 0.0,
+    fraud_labels_only: bool = False,
 ) -> SimulationReport:
     """Publish handbook days ``start``..``end`` (inclusive) with their labels.
 
@@ -355,7 +356,8 @@ def replay_handbook(
     try:
         for n, event in enumerate(iter_handbook(
                 data_dir, start, end, label_delay_days=label_delay_days,
-                label_lead=timedelta(seconds=label_lead_s))):
+                label_lead=timedelta(seconds=label_lead_s),
+                fraud_labels_only=fraud_labels_only)):
             if stop.is_set():
                 break
             if speedup > 0:

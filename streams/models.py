@@ -3,37 +3,39 @@ the online learner, assembled into the decision pipeline once at start-up.
 
 No model in the registry is a normal state (a fresh install, or every model rolled back): the
 pipeline then decides on the rules alone and every verdict says so (fallbacks model_unavailable,
-rules_only).
+rules_only). A challenger registered as shadow is scored and logged but never decides.
 """
 
 from __future__ import annotations
 
 import logging
 
-from scoring.registry import Registry
-
 from agents.pipeline import BoosterScorer, DecisionPipeline
 from scoring.online import make_online
+from scoring.registry import LoadedModel, ModelRegistry
 from scoring.rules import RuleEngine
 from streams.config import Settings
 
 log = logging.getLogger(__name__)
 
 
-def registry_for(settings: Settings) -> Registry:
-    return Registry(settings.home / "models")
+def registry_for(settings: Settings) -> ModelRegistry:
+    return ModelRegistry(settings.home / "models")
+
+
+def _scorer(model: LoadedModel | None, arm: str) -> BoosterScorer | None:
+    if model is None:
+        return None
+    log.info("%s model %s loaded (%d features)", arm, model.version, len(model.feature_names))
+    return BoosterScorer(model.booster, model.version, model.feature_names)
 
 
 def build_pipeline(settings: Settings) -> DecisionPipeline:
-    registry = registry_for(settings)
-    scorers: dict[str, BoosterScorer | None] = {}
-    for arm in ("champion", "challenger"):
-        version = registry.champion() if arm == "champion" else registry.challenger()
-        if version is None:
-            scorers[arm] = None
-            continue
-        model = registry.load(version)
-        scorers[arm] = BoosterScorer(model.booster, model.version, model.features)
-        log.info("%s model %s loaded (%d features)", arm, model.version, len(model.features))
-    return DecisionPipeline(RuleEngine.from_file(), scorers["champion"],
-                            challenger=scorers["challenger"], online=make_online())
+    serving = registry_for(settings).serving()
+    challenger = serving.challenger
+    shadow = challenger is not None and challenger.shadow
+    return DecisionPipeline(
+        RuleEngine.from_file(), _scorer(serving.champion, "champion"),
+        challenger=None if shadow else _scorer(challenger, "challenger"),
+        shadow=_scorer(challenger, "shadow") if shadow else None,
+        online=make_online())

@@ -15,6 +15,7 @@ import pytest
 
 from schemas.codec import make_codec
 from schemas.pan import redact_bytes
+from scoring.features import feature_names
 from streams.admin import ensure_topics
 from streams.config import Settings
 from streams.simulator.bad_input import as_json
@@ -54,12 +55,13 @@ def test_every_transaction_gets_exactly_one_verdict(make_settings: Callable[...,
     for r, v in zip(records, verdicts, strict=True):
         assert r.key == v["transaction_id"].encode()
         assert v["decision"] in {"APPROVE", "REVIEW", "DECLINE"}
-        assert v["model_version"] == "rules-only-v0" and "rules_only" in v["fallbacks"]
-        assert {x["feature"] for x in v["reasons"]} >= {"card_velocity_1h", "amount"}
+        # No model registered in this test's home: the rules decide, and the verdict says so.
+        assert v["model_version"] == "rules-only-v0"
+        assert {"model_unavailable", "rules_only"} <= set(v["fallbacks"])
+        assert set(v["features"]) >= set(feature_names("gateway"))
     hot_verdicts = sorted((v for v in verdicts if v["card_token"] == "tok_hot"),
                           key=lambda v: v["transaction_id"])
-    velocities = [next(x["value"] for x in v["reasons"] if x["feature"] == "card_velocity_1h")
-                  for v in hot_verdicts]
+    velocities = [v["features"]["customer_transaction_velocity_1h"] for v in hot_verdicts]
     assert velocities == [float(n) for n in range(1, 11)]
     assert [v["decision"] for v in hot_verdicts] == ["APPROVE"] * 7 + ["REVIEW"] * 3
     assert all(v["rules_fired"][0]["rule_id"] == "VEL-1H-REVIEW" for v in hot_verdicts[7:])

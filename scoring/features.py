@@ -5,18 +5,22 @@ One module, so the offline builder and the streaming worker cannot drift apart: 
 functions to read it. State is plain JSON (lists, dicts, numbers, strings) because the worker keeps
 it in Faust tables whose changelog topics must be able to serialise it.
 
-Three properties make the state safe under at-least-once delivery and replays:
+Per transaction the worker does what ``build_offline`` does: ``card_observe`` and
+``terminal_observe_tx`` first, then ``row_features`` (every model column by name); per label,
+``terminal_observe_label``. Three properties make this safe under at-least-once delivery:
 
 - idempotent: a transaction or label seen twice changes nothing (entries are keyed by id);
-- order-independent: features at time t count only entries with time <= t, and pruning is relative
-  to the newest time seen, so the final state depends on the set of events, not their order
-  (as long as an event is no later than ``LATENESS_MS`` behind the newest one);
+- order-independent: the state after a set of events is the same whatever order they came in,
+  and features at time t count only entries with time <= t (pruning is relative to the newest
+  time seen, keeping ``LATENESS_MS`` beyond the longest window, so an event up to that late
+  still sees all its history);
 - bounded: entries no window can reach are pruned, and a hard cap keeps a pathological card or
   terminal from growing without limit (counts then saturate).
 
 The handbook's 15 baseline features follow its own definitions exactly (``TARGETS.md`` section 1);
-``scoring.handbook.compare_with_reference`` checks them against the published reference columns.
-The extra features each earned their place on the Chapter 5 validation folds (``scoring.train``).
+``compare_with_reference`` checks them against the published reference columns and
+``python -m scoring.features`` prints that check for the whole data set. The extra features each
+earned their place on the Chapter 5 validation folds (``scoring.train.ablation``).
 """
 
 from __future__ import annotations
@@ -212,8 +216,9 @@ def card_observe(state: dict[str, Any] | None, tx_id: str, t_ms: int, amount: fl
     The state holds three parallel columns sorted by (time, id): ``t`` (epoch ms), ``id`` and
     ``a`` (amount). Columns, not a list of records, because the windows then become slices the
     interpreter sums in C. ``country``, when the gateway sends one, makes the earliest
-    transaction's country the card's home country (``home``, kept past pruning). The argument is
-    updated in place and returned.
+    transaction's country the card's home country (``home``, kept past pruning). A transaction
+    id is taken to carry one event time: (time, id) is what makes a repeat a no-op. The argument
+    is updated in place and returned.
     """
     if state is None:
         state = {"t": [], "id": [], "a": []}
@@ -627,3 +632,36 @@ def compare_with_reference(ours: pd.DataFrame, reference: pd.DataFrame,
             rel = np.where(diff <= ABS_FLOOR, 0.0, diff / np.abs(b))
         errors[column] = float(rel.max()) if len(rel) else 0.0
     return errors
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m scoring.features``: build (or read) the offline features, time the build and
+    print the largest error against the handbook's reference columns."""
+    import argparse
+    import time
+    from pathlib import Path
+
+    from streams.config import HANDBOOK_DIR
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--data-dir", type=Path, default=HANDBOOK_DIR)
+    parser.add_argument("--refresh", action="store_true", help="rebuild even if cached")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    ours = offline_features(args.data_dir, refresh=args.refresh)
+    seconds = time.perf_counter() - started
+    print(f"{len(ours):,} transactions in {seconds:.1f} s "
+          f"({seconds / len(ours) * 1e6:.1f} us each{'' if args.refresh else ', maybe cached'})")
+    reference = load_handbook(args.data_dir, "transformed")
+    ties = same_second_ties(ours)
+    every = compare_with_reference(ours, reference)
+    untied = compare_with_reference(ours, reference, exclude=ties)
+    print(f"max relative error vs the reference ({int(ties.sum())} same-second card ties "
+          "excluded / all rows):")
+    for column in REFERENCE_COLUMNS:
+        print(f"  {column:<40}{untied[column]:>12.3g}{every[column]:>12.3g}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

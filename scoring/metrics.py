@@ -11,11 +11,13 @@ because an investigator has already blocked it.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 ArrayLike = Sequence[float] | npt.NDArray[np.generic]
+Keys = Sequence[Any] | npt.NDArray[Any]  # days or cards: any comparable values
 
 
 def _as_arrays(labels: ArrayLike, scores: ArrayLike) -> tuple[npt.NDArray[np.float64],
@@ -64,7 +66,7 @@ def average_precision(labels: ArrayLike, scores: ArrayLike) -> float:
     return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
 
 
-def card_precision_at_k(days: ArrayLike, cards: ArrayLike, labels: ArrayLike, scores: ArrayLike,
+def card_precision_at_k(days: Keys, cards: Keys, labels: ArrayLike, scores: ArrayLike,
                         k: int = 100) -> tuple[float, list[float]]:
     """Mean over test days of the share of compromised cards among the day's k riskiest cards.
 

@@ -168,6 +168,17 @@ def _fit(x: Floats, y: Floats, names: list[str], choice: Mapping[str, Any],
     return lgb.train(params, data, num_boost_round=rounds)
 
 
+def canonical_order(frame: pd.DataFrame, time_col: str = TIME) -> pd.DataFrame:
+    """Rows sorted by time, then TRANSACTION_ID when there is one.
+
+    LightGBM's bagging samples rows by position, so the same rows in another order make another
+    model; sorting first makes a model a function of its data alone, whichever path (offline
+    builder, Kafka replay) produced the frame.
+    """
+    keys = [time_col, *(["TRANSACTION_ID"] if "TRANSACTION_ID" in frame.columns else [])]
+    return frame.sort_values(keys, kind="stable")
+
+
 def train_model(features_df: pd.DataFrame, train_start: date | str, train_end: date | str, *,
                 feature_cols: Sequence[str] | None = None, params: Mapping[str, Any] | None = None,
                 label_col: str = LABEL, time_col: str = TIME) -> TrainedModel:
@@ -181,7 +192,8 @@ def train_model(features_df: pd.DataFrame, train_start: date | str, train_end: d
     choice = {**DEFAULT_CHOICE, **(params or {})}
     rounds = int(choice.pop("num_boost_round"))
     times = features_df[time_col]
-    window = features_df[(times >= _at(train_start)) & (times < _at(train_end))]
+    window = canonical_order(features_df[(times >= _at(train_start)) & (times < _at(train_end))],
+                             time_col)
     y = window[label_col].to_numpy(dtype=np.float64)
     if len(window) == 0 or y.sum() == 0:
         raise ValueError(f"no frauds (or no rows) to learn from in [{train_start}, {train_end})")
@@ -213,7 +225,7 @@ def handbook_split(frame: pd.DataFrame, train_start: date | str, *,
         known |= set(newly_known[card_col].tolist())
         rows = frame[day == test_day]
         parts.append(rows[~rows[card_col].isin(known)])
-    return train, pd.concat(parts)
+    return canonical_order(train, time_col), canonical_order(pd.concat(parts), time_col)
 
 
 def judge(test: pd.DataFrame, scores: Floats, *, k: int = TOP_K, time_col: str = TIME,

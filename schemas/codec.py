@@ -391,11 +391,23 @@ class ConfluentCodec(_AvroCodec):
         return writer
 
 
+HISTORY_DIR = SCHEMA_DIR / "history"
+
+
+def history_schemas() -> list[dict[str, Any]]:
+    """Superseded writer versions still readable (see schemas/history/README.md)."""
+    return [json.loads(p.read_text()) for p in sorted(HISTORY_DIR.glob("*.avsc"))]
+
+
 def make_codec(schema_registry_url: str | None) -> Codec:
-    """The codec the deployment calls for: Confluent with a registry, single-object without."""
+    """The codec the deployment calls for: Confluent with a registry, single-object without.
+
+    Both read the superseded versions in schemas/history, so a schema change never turns the
+    records already in a topic into dead letters.
+    """
     if schema_registry_url:
-        return ConfluentCodec(schema_registry_url)
-    return SingleObjectCodec()
+        return ConfluentCodec(schema_registry_url, extra_writer_schemas=history_schemas())
+    return SingleObjectCodec(history_schemas())
 
 
 # --- Walking schemas -------------------------------------------------------------------------

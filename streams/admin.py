@@ -28,6 +28,15 @@ class TopicInfo:
         return sum(self.end_offsets)
 
 
+def free_port() -> int:
+    """A loopback port nobody listens on now, for a worker's metrics beside another worker."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def admin_client(settings: Settings) -> AdminClient:
     return AdminClient({"bootstrap.servers": settings.bootstrap_servers})
 

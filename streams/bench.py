@@ -16,7 +16,7 @@ from typing import Any
 from confluent_kafka import Producer
 
 from schemas.codec import make_codec
-from streams.admin import admin_client, end_offsets, ensure_topics
+from streams.admin import admin_client, end_offsets, ensure_topics, free_port
 from streams.config import Settings
 from streams.demo import start_worker, stop_process, wait_until_ready
 from streams.simulator.population import build_population
@@ -39,7 +39,8 @@ def _records(settings: Settings, count: int, seed: int) -> list[tuple[bytes, byt
 
 def _one_run(base: Settings, records: list[tuple[bytes, bytes]], passthrough: bool,
              tag: str) -> float:
-    settings = replace(base, topic_prefix=f"{tag}.", app_id=f"rakshit-{tag}")
+    settings = replace(base, topic_prefix=f"{tag}.", app_id=f"rakshit-{tag}",
+                       metrics_port=free_port())
     ensure_topics(settings)
     worker, _ = start_worker(settings, f"{tag}.log", passthrough=passthrough)
     try:

@@ -52,6 +52,22 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--max", type=int, default=None, help="stop after N records")
     tail.add_argument("--json", action="store_true", help="one JSON object per line")
 
+    train = sub.add_parser("train", help="train a LightGBM model and register it")
+    train.add_argument("--data", type=Path, default=HANDBOOK_DIR)
+    train.add_argument("--from", dest="start", type=date.fromisoformat, default=None,
+                       help="training window start (default: the newest labelled week)")
+    train.add_argument("--to", dest="end", type=date.fromisoformat, default=None,
+                       help="training window end, exclusive")
+    train.add_argument("--promote", action="store_true",
+                       help="make it the champion (the first model always is)")
+
+    models = sub.add_parser("models", help="list, promote, roll back, set a challenger")
+    models.add_argument("action", nargs="?", default="list",
+                        choices=("list", "promote", "rollback", "challenger", "shadow"))
+    models.add_argument("version", nargs="?", default=None)
+    models.add_argument("--share", type=float, default=0.1,
+                        help="challenger: share of cards it decides for")
+
     evaluate = sub.add_parser("evaluate", help="handbook protocols on features streamed through "
                                                 "Kafka, beside the published numbers")
     evaluate.add_argument("--data", type=Path, default=HANDBOOK_DIR,
@@ -159,6 +175,18 @@ def main(argv: list[str] | None = None) -> int:
             tail(settings, args.topic, args.from_beginning, args.max, args.json)
         return 0
 
+    if args.command == "train":
+        from scoring.lifecycle import train_and_register
+        from streams.models import registry_for
+
+        trained = train_and_register(args.data, registry_for(settings), start=args.start,
+                                     end=args.end, promote=args.promote or None)
+        print(json.dumps(trained, indent=2, default=str))
+        return 0
+
+    if args.command == "models":
+        return models_command(settings, args.action, args.version, args.share)
+
     if args.command == "evaluate":
         from scoring.train import format_report
         from streams.broker import ensure_broker
@@ -200,6 +228,36 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if ok else 1
 
     return 2
+
+
+def models_command(settings: Settings, action: str, version: str | None, share: float) -> int:
+    from scoring.lifecycle import describe
+    from streams.models import registry_for
+
+    registry = registry_for(settings)
+    if action != "list" and action != "rollback" and version is None:
+        print(f"models {action} needs a VERSION", file=sys.stderr)
+        return 2
+    if action == "promote":
+        registry.promote(str(version))
+    elif action == "rollback":
+        print(f"champion is now {registry.rollback()}")
+    elif action == "challenger":
+        registry.set_challenger(version, share)
+    elif action == "shadow":
+        registry.set_shadow(str(version), True)
+        registry.set_challenger(version, 0.0)
+    rows = describe(registry)
+    if not rows:
+        print("no models registered; `rakshit train` makes one")
+    for row in rows:
+        oot = row["metrics"].get("out_of_time", {})
+        figures = " ".join(f"{k}={v:.3f}" for k, v in oot.items())
+        print(f"{row['version']:<9} {row['role']:<18} window {row['window']['start'][:10]}.."
+              f"{row['window']['end'][:10]} features {row['features']:>3}  {figures}")
+    if action != "list":
+        print("workers load models at start: restart them to apply")
+    return 0
 
 
 if __name__ == "__main__":

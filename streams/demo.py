@@ -168,6 +168,27 @@ def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None
         proc.wait()
 
 
+def ensure_champion(settings: Settings) -> None:
+    """The demo decides with a real model: train one from the handbook data if none serves."""
+    from scoring.lifecycle import train_and_register
+    from streams.config import HANDBOOK_DIR
+    from streams.models import registry_for
+
+    registry = registry_for(settings)
+    if registry.champion_version() is not None:
+        print(f"model: champion {registry.champion_version()}", flush=True)
+        return
+    if not (HANDBOOK_DIR / "raw").is_dir():
+        print(f"model: none registered and no handbook data at {HANDBOOK_DIR}; the rules "
+              "decide alone (verdicts say rules_only)", flush=True)
+        return
+    print("model: none registered; training one from the handbook data (once, about two "
+          "minutes)...", flush=True)
+    trained = train_and_register(HANDBOOK_DIR, registry)
+    print(f"model: champion {trained['version']}, out-of-time "
+          f"{trained['metrics']['out_of_time']}", flush=True)
+
+
 def inject_bad_records(settings: Settings, count: int, seed: int) -> Counter[str]:
     """Produce malformed records on the transactions topic, as a misbehaving gateway would."""
     from confluent_kafka import Producer
@@ -217,6 +238,7 @@ def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
     seed = options.seed if options.seed is not None else int.from_bytes(os.urandom(3), "big")
     print(f"broker: {settings.bootstrap_servers}; scenario {options.scenario}, seed {seed}",
           flush=True)
+    ensure_champion(settings)
     started_broker = ensure_broker(settings)
     ensure_topics(settings)
     decisions = topic_name(Topic.DECISIONS, settings.topic_prefix)

@@ -28,7 +28,7 @@ from confluent_kafka import Consumer, TopicPartition
 from schemas.codec import make_codec
 from scoring import features as F
 from scoring.train import DELTA_DELAY, DELTA_TEST, DELTA_TRAIN, PROTOCOLS, score_protocol
-from streams.admin import admin_client, end_offsets, ensure_topics
+from streams.admin import admin_client, end_offsets, ensure_topics, free_port
 from streams.config import Settings
 from streams.demo import start_worker, stop_process, wait_until_ready
 from streams.simulator.producer import replay_handbook
@@ -93,7 +93,8 @@ def replay_and_collect(settings: Settings, data_dir: Path, start: date, end: dat
                        log: Any = print) -> tuple[FeatureCollector, dict[str, Any]]:
     """Replay `start..end` through a fresh worker; return the collected verdict features."""
     stamp = time.strftime("%H%M%S")
-    run = replace(settings, topic_prefix=f"eval{stamp}.", app_id=f"rakshit-eval-{stamp}")
+    run = replace(settings, topic_prefix=f"eval{stamp}.", app_id=f"rakshit-eval-{stamp}",
+                  metrics_port=free_port())
     ensure_topics(run)
     worker, worker_log = start_worker(run, f"eval-{stamp}.log")
     collector = FeatureCollector(run)

@@ -31,6 +31,7 @@ from agents.guardrail import record_amount
 from agents.pipeline import DecisionContext, DecisionPipeline, VerdictParts
 from schemas.codec import Codec
 from scoring import features as F
+from scoring.fx import to_eur
 from streams import metrics
 from streams.processing import Output, Source, event_millis, verdict_id
 from streams.topics import Topic, topic_name
@@ -59,12 +60,13 @@ class CardStage:
                  amounts: list[Any]) -> tuple[dict[str, Any], list[Any], dict[str, float]]:
         """Update the card's state with this transaction; return (state, amounts, features)."""
         t_ms = event_millis(tx)
-        amount = float(tx["amount"])
+        amount = to_eur(tx["amount"], tx["currency"])
         state = F.card_observe(state, tx["transaction_id"], t_ms, amount, tx.get("country"))
         row = F.card_features(state, t_ms)
         row.update(F.card_amount_features(state, t_ms, amount))
         row["cross_border_transaction_flag"] = F.cross_border(state, tx.get("country"))
-        amounts = record_amount(amounts, t_ms, tx["transaction_id"], amount, tx["currency"])
+        amounts = record_amount(amounts, t_ms, tx["transaction_id"], float(tx["amount"]),
+                                tx["currency"])
         self._remember(tx["card_token"], row)
         return state, [list(a) for a in amounts], row
 
@@ -172,7 +174,7 @@ class TerminalStage:
                started: float) -> tuple[dict[str, Any], Output]:
         tx = self.codec.decode(event["payload"], topic=self.internal, expect="transaction").record
         t_ms = event_millis(tx)
-        amount = float(tx["amount"])
+        amount = to_eur(tx["amount"], tx["currency"])
         state = F.terminal_observe_tx(state, tx["transaction_id"], t_ms)
         row = F.transaction_features(t_ms, amount)
         row.update(event["card_features"])

@@ -14,6 +14,8 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from scoring.fx import EUR_PER_UNIT
+
 EARLIEST = datetime(2000, 1, 1, tzinfo=UTC)
 CURRENCY = re.compile(r"^[A-Z]{3}$")
 COUNTRY = re.compile(r"^[A-Z]{2}$")
@@ -54,6 +56,9 @@ def check_transaction(tx: Mapping[str, Any], now: datetime, limits: Limits) -> R
         return Rejection("invalid_value", f"amount {amount} exceeds the limit {limits.max_amount}")
     if not CURRENCY.match(tx["currency"]):
         return Rejection("invalid_value", f"currency {tx['currency']!r} is not an ISO 4217 code")
+    if tx["currency"] not in EUR_PER_UNIT:
+        return Rejection("invalid_value", f"currency {tx['currency']} has no reference rate: "
+                                          "amount features would be meaningless")
     if not COUNTRY.match(tx["country"]):
         return Rejection("invalid_value", f"country {tx['country']!r} is not ISO 3166 alpha-2")
     geo = tx.get("geo")

@@ -725,3 +725,24 @@ def test_arbitrary_json_decodes_or_names_a_field(fields: dict[str, Any]) -> None
         return
     # whatever JSON produced must be a record the Avro encoder accepts as-is
     assert FUZZ_CODECS[0].encode("transaction", record.record, topic=TOPIC)
+
+
+def test_records_written_with_a_superseded_version_stay_readable() -> None:
+    """A label written before terminal_id existed decodes with terminal_id None."""
+    import fastavro
+
+    from schemas.codec import HISTORY_DIR, history_schemas
+
+    old = json.loads((HISTORY_DIR / "label.v1.0.avsc").read_text())
+    assert "terminal_id" not in {f["name"] for f in old["fields"]}
+    assert any(s["name"] == "Label" for s in history_schemas())
+    parsed = fastavro.parse_schema(old)
+    body = io.BytesIO()
+    record = {"transaction_id": "t1", "card_token": "tok_1", "label": "FRAUD",
+              "fraud_scenario": None, "transaction_time": T0, "known_at": T0, "source": "ISSUER"}
+    fastavro.schemaless_writer(body, parsed, record)
+    canonical = fastavro.schema.to_parsing_canonical_form(parsed)
+    fingerprint = bytes.fromhex(fastavro.schema.fingerprint(canonical, "CRC-64-AVRO"))
+    data = b"\xc3\x01" + fingerprint + body.getvalue()
+    decoded = make_codec(None).decode(data, topic="t", expect="label").record
+    assert decoded["terminal_id"] is None and decoded["label"] == "FRAUD"

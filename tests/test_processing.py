@@ -86,3 +86,8 @@ def test_the_demo_bad_records_each_land_with_the_reason_they_claim(processor: Pr
         assert reason_of(processor, processor.admit(data, source(i), "transaction")) == reason
         seen.add(reason)
     assert len(seen) == 7
+
+
+def test_a_currency_without_a_reference_rate_is_refused(processor: Processor) -> None:
+    # Amount features are computed in euros; an amount we cannot convert would mislead the model.
+    assert reason_of(processor, admit(processor, transaction(1, currency="XAU"))) == "invalid_value"

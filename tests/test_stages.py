@@ -135,3 +135,10 @@ def test_labels_teach_the_online_learner_only_once_known(
     # Nothing learned ahead of its time: every label still pending is known after the watermark.
     assert all(known > terminal_stage.watermark_ms for known, _, _ in terminal_stage.pending)
     assert terminal_stage.watermark_ms == last
+
+
+def test_amount_features_are_in_euros(stages: tuple[CardStage, TerminalStage]) -> None:
+    card_stage, _ = stages
+    tx = transaction(1, amount="1000.00", currency="INR")
+    _, _, row = card_stage.features(None, tx, [])
+    assert row["CUSTOMER_ID_AVG_AMOUNT_1DAY_WINDOW"] == pytest.approx(11.0)

@@ -31,11 +31,16 @@ from scoring.train import DELTA_DELAY, DELTA_TEST, DELTA_TRAIN, PROTOCOLS, score
 from streams.admin import admin_client, end_offsets, ensure_topics, free_port
 from streams.config import Settings
 from streams.demo import start_worker, stop_process, wait_until_ready
-from streams.simulator.producer import replay_handbook
+from streams.simulator.producer import SimulationReport, replay_handbook
 from streams.topics import Topic, topic_name
 
 HISTORY_DAYS = 38
 LABEL_LEAD_S = 3600.0
+# Transactions produced but not yet decided. A replay is far faster than the worker; flooding it
+# with a million-record backlog made Faust's commits take seconds each and, once, stall the
+# terminal stage. Holding the backlog to this keeps the worker at its steady rate.
+MAX_IN_FLIGHT = 30_000
+STALL_S = 180.0
 
 
 def protocol_window(protocol: str) -> tuple[date, date]:
@@ -102,8 +107,20 @@ def replay_and_collect(settings: Settings, data_dir: Path, start: date, end: dat
         wait_until_ready(run, worker)
         collector.start()
         t0 = time.monotonic()
-        report = replay_handbook(run, data_dir, start, end, 0.0, label_lead_s=LABEL_LEAD_S,
-                                 fraud_labels_only=True)
+
+        def backpressure(progress: SimulationReport) -> None:
+            waited = time.monotonic()
+            while progress.transactions - len(collector.features) > MAX_IN_FLIGHT:
+                if worker.poll() is not None:
+                    raise RuntimeError(f"worker exited with {worker.returncode}; see {worker_log}")
+                if time.monotonic() - waited > STALL_S:
+                    raise RuntimeError(f"worker made no room for {STALL_S:.0f}s; see {worker_log}")
+                time.sleep(0.5)
+            log(f"  {progress.transactions} replayed, {len(collector.features)} decided "
+                f"({time.monotonic() - t0:.0f}s)")
+
+        report = replay_handbook(run, data_dir, start, end, 0.0, progress=backpressure,
+                                 label_lead_s=LABEL_LEAD_S, fraud_labels_only=True)
         log(f"replayed {report.transactions} transactions and {report.labels} fraud labels "
             f"in {time.monotonic() - t0:.0f}s; waiting for their verdicts")
         last, last_change = -1, time.monotonic()

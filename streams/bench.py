@@ -87,3 +87,58 @@ def bench_pipeline(settings: Settings, transactions: int = 20_000, rounds: int =
         "passthrough_tps_median": baseline,
         "ratio": round(worker / baseline, 3),
     }
+
+
+def bench_scoring(settings: Settings, rows: int = 2_000, seed: int = 3) -> dict[str, Any]:
+    """The scoring step alone (no Kafka): the decision chain per transaction with the champion,
+    explanations for review/decline only (the default) and for every verdict, plus the booster's
+    raw cost per row, one at a time and in a batch. Rows are handbook transactions with their
+    offline features, the data the champion was trained on."""
+    from datetime import UTC
+
+    import numpy as np
+
+    from agents.pipeline import BoosterScorer, DecisionContext, DecisionPipeline
+    from scoring import features as F
+    from scoring.explain import measure_cost
+    from scoring.rules import RuleEngine
+    from streams.config import HANDBOOK_DIR
+    from streams.models import registry_for
+    from streams.simulator.handbook import _transaction
+
+    champion = registry_for(settings).champion()
+    if champion is None:
+        raise SystemExit("no champion model: run `rakshit train` first")
+    frame = F.offline_features(HANDBOOK_DIR)
+    sample = frame.sample(n=rows, random_state=seed)
+    names = champion.feature_names
+    result: dict[str, Any] = {"model": champion.version, "rows": rows,
+                              "trees": champion.booster.num_trees()}
+    for label, explain_all in (("explain_review_decline", False), ("explain_every_verdict", True)):
+        pipeline = DecisionPipeline(RuleEngine.from_file(),
+                                    BoosterScorer(champion.booster, champion.version, names),
+                                    explain_approvals=explain_all)
+        latencies = []
+        decisions: dict[str, int] = {}
+        for record in sample.to_dict("records"):
+            moment = record["TX_DATETIME"].to_pydatetime().replace(tzinfo=UTC)
+            tx = _transaction(record, moment)
+            feats = {n: float(record[n]) for n in F.feature_names("handbook")}
+            t_ms = int(moment.timestamp() * 1000)
+            started = time.perf_counter()
+            parts = pipeline.decide(tx, feats, DecisionContext(now_ms=t_ms))
+            latencies.append((time.perf_counter() - started) * 1e6)
+            decisions[parts.decision] = decisions.get(parts.decision, 0) + 1
+        arr = np.asarray(latencies)
+        result[label] = {"p50_us": round(float(np.percentile(arr, 50)), 1),
+                         "p99_us": round(float(np.percentile(arr, 99)), 1),
+                         "throughput_tps": round(len(arr) / (arr.sum() / 1e6), 1),
+                         "decisions": decisions}
+    cost = measure_cost(champion.booster, sample[names].to_numpy(dtype=np.float64))
+    result["booster_us_per_row"] = {
+        "predict_single": round(cost.raw_single_us, 1),
+        "predict_batch": round(cost.raw_batch_us, 2),
+        "treeshap_single": round(cost.contrib_single_us, 1),
+        "treeshap_batch": round(cost.contrib_batch_us, 1),
+    }
+    return result

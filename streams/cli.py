@@ -78,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="where the ROC and precision-recall PNGs go")
 
     bench = sub.add_parser("bench", help="benchmarks that print figures")
-    bench.add_argument("what", choices=("pipeline",))
+    bench.add_argument("what", choices=("pipeline", "scoring"))
     bench.add_argument("--transactions", type=int, default=20_000)
     bench.add_argument("--rounds", type=int, default=3)
     bench.add_argument("--summary-json", type=Path, default=None)
@@ -206,8 +206,13 @@ def main(argv: list[str] | None = None) -> int:
         from streams.bench import bench_pipeline
         from streams.broker import ensure_broker
 
-        ensure_broker(settings)
-        result = bench_pipeline(settings, args.transactions, args.rounds)
+        if args.what == "scoring":
+            from streams.bench import bench_scoring
+
+            result = bench_scoring(settings)
+        else:
+            ensure_broker(settings)
+            result = bench_pipeline(settings, args.transactions, args.rounds)
         print(json.dumps(result, indent=2))
         if args.summary_json:
             args.summary_json.parent.mkdir(parents=True, exist_ok=True)

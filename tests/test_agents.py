@@ -66,7 +66,8 @@ from scoring.online import LogisticLearner
 from scoring.rules import Rule, RuleEngine, RuleHit
 from tests.factories import transaction
 
-NAMES = ("amount", "card_velocity_1h", "card_velocity_24h", "merchant_risk")
+VEL_1H, VEL_24H = "customer_transaction_velocity_1h", "customer_transaction_velocity_24h"
+NAMES = ("amount", VEL_1H, VEL_24H, "merchant_risk")
 WHEN = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 NOW_MS = int(WHEN.timestamp() * 1000)
 MINUTE_MS = 60_000
@@ -565,7 +566,7 @@ def test_customer_messages_carry_no_scores_rules_or_features() -> None:
 
 
 def test_the_rules_only_decision_is_unchanged() -> None:
-    decision = decide_rules_only({"card_velocity_1h": 9.0},
+    decision = decide_rules_only({"customer_transaction_velocity_1h": 9.0},
                                  [RuleHit("VEL-1H-REVIEW", "r", "review", 0.6)])
     assert (decision.decision, decision.score, decision.model_version, decision.fallbacks) == (
         "REVIEW", 0.6, RULES_ONLY_VERSION, ("rules_only",))
@@ -688,13 +689,13 @@ def test_an_inconsistent_explanation_cannot_decline_on_its_own(
 
 def test_model_unavailable_means_rules_and_the_verdict_says_so() -> None:
     engine = RuleEngine.from_file()
-    features = {"card_velocity_1h": 9.0, "card_velocity_24h": 9.0, "amount": 10.0}
+    features = {VEL_1H: 9.0, VEL_24H: 9.0, "amount": 10.0}
     parts = pipeline(None).decide(tx(), features, context())
     assert {"model_unavailable", "rules_only"} <= set(parts.fallbacks)
     assert parts.model_version == RULES_ONLY_VERSION and parts.arm == "NONE"
     assert parts.score == max(h.score for h in engine.evaluate(features))
     assert parts.decision == "REVIEW"
-    assert parts.reasons == (("card_velocity_1h", 9.0, 0.0),)
+    assert parts.reasons == (("customer_transaction_velocity_1h", 9.0, 0.0),)
     assert "protected_attributes" not in names(parts)
 
 
@@ -713,7 +714,7 @@ def test_a_scoring_timeout_falls_back_to_the_simpler_model(
     slow = Failing(scorer, clock=clock, delay_s=0.5)
     pipe = pipeline(slow, make_executor=lambda: Executor(budget_s=0.02, clock=clock,
                                                          sleep=clock.sleep))
-    features = {**pool[0], "card_velocity_1h": 25.0}
+    features = {**pool[0], "customer_transaction_velocity_1h": 25.0}
     parts = pipe.decide(tx(), features, context())
     assert slow.calls == 1
     assert {"model_timeout", "rules_only"} <= set(parts.fallbacks)
@@ -784,7 +785,7 @@ def test_aml_hits_block_or_send_to_review(scorer: BoosterScorer,
 
 
 def test_a_model_using_a_protected_attribute_is_excluded(pool: list[dict[str, float]]) -> None:
-    biased_names = ("amount", "card_velocity_1h", "card_velocity_24h", "customer_age")
+    biased_names = ("amount", VEL_1H, VEL_24H, "customer_age")
     biased = BoosterScorer(train(biased_names), "gbm-biased")
     parts = pipeline(biased).decide(tx(), {**pool[0], "customer_age": 30.0}, context())
     assert {"model_excluded", "model_unavailable", "rules_only"} <= set(parts.fallbacks)
@@ -887,7 +888,7 @@ def test_challenger_and_shadow_arms(booster: lgb.Booster, scorer: BoosterScorer,
 
 def test_no_card_number_leaves_in_a_verdict(scorer: BoosterScorer,
                                             pool: list[dict[str, float]]) -> None:
-    leaky = RuleEngine([Rule("LEAKY", "card_velocity_1h", ">=", 0.0, "review", 0.5,
+    leaky = RuleEngine([Rule("LEAKY", "customer_transaction_velocity_1h", ">=", 0.0, "review", 0.5,
                              "copied from a note: card 4111 1111 1111 1111")])
     parts = DecisionPipeline(leaky, scorer).decide(tx(), pool[0], context())
     assert names(parts)["card_data"] is False

@@ -16,7 +16,7 @@ from confluent_kafka.admin import ConfigResource
 
 from infra.kafka.launcher import EmbeddedBroker, answers
 from schemas.codec import make_codec
-from streams.admin import admin_client, describe_topics, ensure_topics
+from streams.admin import admin_client, describe_topics, ensure_topics, free_port
 from streams.config import Settings
 from streams.simulator.population import build_population
 from streams.simulator.producer import SimulationOptions, run_simulation
@@ -35,15 +35,19 @@ def test_embedded_broker_start_is_idempotent_and_stop_is_clean(kafka_bootstrap: 
     (home / "kafka").mkdir(parents=True)
     shutil.copytree(defaults.home / "kafka" / defaults.kafka_version,
                     home / "kafka" / defaults.kafka_version)
-    broker = EmbeddedBroker(home, defaults.kafka_version, port=29192, controller_port=29193)
+    # Free ports: a fixed one may be taken by another run's broker on a shared machine, and then
+    # start() would rightly reuse that broker instead of starting ours.
+    port, controller = free_port(), free_port()
+    broker = EmbeddedBroker(home, defaults.kafka_version, port=port, controller_port=controller)
     try:
         first = broker.start()
         again = broker.start()
         assert first.answering and again.answering
+        assert first.pid is not None and first.process_alive
         assert first.pid == again.pid  # reused, not started twice
-        assert broker.bootstrap == "127.0.0.1:29192"
-        assert "listeners=PLAINTEXT://127.0.0.1:29192" in (broker.run_dir /
-                                                           "server.properties").read_text()
+        assert broker.bootstrap == f"127.0.0.1:{port}"
+        assert f"listeners=PLAINTEXT://127.0.0.1:{port}" in (broker.run_dir /
+                                                            "server.properties").read_text()
     finally:
         assert broker.stop() is True
     assert not answers(broker.bootstrap, 1.0)

@@ -115,6 +115,8 @@ class Planner:
             else:
                 arm = "CHAMPION" if models.champion else "NONE"
                 why.append("card is in the champion's share of the split")
+        if use_model and arm == "NONE":
+            arm = "CHAMPION"  # no experiment running: the champion decides for every card
         if not use_model:
             arm = "NONE"
             fallbacks += ["model_unavailable", "rules_only"]

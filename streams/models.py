@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 
 from agents.pipeline import BoosterScorer, DecisionPipeline
+from agents.planner import ExperimentSplit, Planner
 from scoring.online import make_online
 from scoring.registry import LoadedModel, ModelRegistry
 from scoring.rules import RuleEngine
@@ -34,8 +35,12 @@ def build_pipeline(settings: Settings) -> DecisionPipeline:
     serving = registry_for(settings).serving()
     challenger = serving.challenger
     shadow = challenger is not None and challenger.shadow
+    # The registry says who serves and with what share; the planner is the one place that splits
+    # cards between them (a hash of the card token, the same on every worker).
+    split = ExperimentSplit(challenger_share=0.0 if shadow else serving.challenger_share,
+                            shadow_share=1.0 if shadow else 0.0)
     return DecisionPipeline(
         RuleEngine.from_file(), _scorer(serving.champion, "champion"),
         challenger=None if shadow else _scorer(challenger, "challenger"),
         shadow=_scorer(challenger, "shadow") if shadow else None,
-        online=make_online())
+        online=make_online(), planner=Planner(split))

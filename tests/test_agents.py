@@ -317,7 +317,7 @@ def test_arms_are_a_deterministic_split_by_card() -> None:
 
 def test_no_experiment_means_arm_none_and_a_missing_challenger_falls_back() -> None:
     plan = Planner().plan("tok_1", ModelHealth(champion=True), LIVE)
-    assert (plan.arm, plan.use_model, plan.fallbacks, plan.tier) == ("NONE", True, (), "normal")
+    assert (plan.arm, plan.use_model, plan.fallbacks, plan.tier) == ("CHAMPION", True, (), "normal")
     split = ExperimentSplit(challenger_share=1.0)
     plan = Planner(split).plan("tok_1", ModelHealth(champion=True, challenger=False), LIVE)
     assert plan.arm == "CHAMPION" and "challenger_unavailable" in plan.fallbacks
@@ -631,7 +631,7 @@ def test_happy_path_verdict_is_complete_and_fits_the_schema(
     features = find(scorer, pool, 0.0, 0.1, card_velocity_1h=0.0, card_velocity_24h=1.0)
     parts = pipeline(scorer).decide(tx(), features, context())
     assert parts.decision == "APPROVE"
-    assert (parts.model_version, parts.arm, parts.fallbacks) == ("gbm-test-1", "NONE", ())
+    assert (parts.model_version, parts.arm, parts.fallbacks) == ("gbm-test-1", "CHAMPION", ())
     assert names(parts) == {"protected_attributes": True, "aml_sanctions": True,
                             "aml_structuring": True, "decline_disparity": True, "card_data": True}
     assert parts.score == pytest.approx(scorer.score(features).probability)

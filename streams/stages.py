@@ -215,6 +215,10 @@ class TerminalStage:
             "overrides_verdict_id": None,
             "decided_by": "worker",
             "features": {k: float(v) for k, v in row.items()},
+            "shadow": None if parts.shadow is None else {
+                "model_version": parts.shadow.model_version,
+                "score": parts.shadow.probability,
+                "fallbacks": list(parts.shadow.fallbacks)},
         }
         value = self.codec.encode("verdict", record, topic=self.decisions)
         metrics.VERDICTS.labels(parts.decision).inc()

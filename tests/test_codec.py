@@ -105,6 +105,7 @@ RECORDS: dict[str, Callable[[], dict[str, Any]]] = {
         "overrides_verdict_id": "v-87",
         "decided_by": "analyst-17",
         "features": {"card_velocity_1h": 3.0, "amount": 42.5},
+        "shadow": {"model_version": "1.1.0", "score": 0.31, "fallbacks": []},
     },
     "scoring_event": lambda: {
         "kind": "TRANSACTION",

@@ -142,3 +142,27 @@ def test_amount_features_are_in_euros(stages: tuple[CardStage, TerminalStage]) -
     tx = transaction(1, amount="1000.00", currency="INR")
     _, _, row = card_stage.features(None, tx, [])
     assert row["CUSTOMER_ID_AVG_AMOUNT_1DAY_WINDOW"] == pytest.approx(11.0)
+
+
+def test_a_shadow_model_is_logged_beside_the_verdict_and_never_decides() -> None:
+    import lightgbm as lgb
+    import numpy as np
+
+    from agents.pipeline import BoosterScorer
+    from agents.planner import ExperimentSplit, Planner
+
+    names = F.feature_names("gateway")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, len(names)))
+    y = (x[:, 0] > 1.0).astype(float)
+    booster = lgb.train({"objective": "binary", "verbose": -1, "num_threads": 1},
+                        lgb.Dataset(x, y, feature_name=names), num_boost_round=5)
+    codec = make_codec(None)
+    pipeline = DecisionPipeline(RuleEngine.from_file(), None,
+                                shadow=BoosterScorer(booster, "9.9.9", names),
+                                planner=Planner(ExperimentSplit(shadow_share=1.0)))
+    verdicts = _run(CardStage(codec), TerminalStage(codec, pipeline), _traffic(20), set())
+    for v in verdicts:
+        assert v["shadow"]["model_version"] == "9.9.9"
+        assert 0.0 <= v["shadow"]["score"] <= 1.0
+        assert v["model_version"] == "rules-only-v0"  # the shadow never decides

@@ -305,13 +305,15 @@ def ablation(features_df: pd.DataFrame, protocol: str = "chapter5") -> dict[str,
 
 def label_delay_ceiling(features_df: pd.DataFrame, protocol: str = "chapter5",
                         repeats: int = 5) -> dict[str, float]:
-    """The best a model could score when labels arrive 7 days late, on this protocol's test weeks.
+    """What an oracle scores on this protocol's test weeks when labels arrive 7 days late.
 
-    An oracle that ranks every fraud it could know about above everything else, and the rest at
+    The oracle ranks every fraud it could know about above everything else, and the rest at
     random. What it cannot know about: a fraud at a compromised terminal (scenario 2) whose
     compromise has no fraud old enough to be labelled, i.e. none at that terminal in
-    (t-28d, t-7d]. Nothing else in the data marks those transactions, so no feature can. The
-    labels and scenarios are used here only to measure the limit, never by a model.
+    (t-28d, t-7d]; nothing else in the data marks those transactions. An estimate of the limit,
+    not a strict bound: a model may rank the unknowable slightly better than random by chance
+    (AUC) or by favouring busy cards (CP@100). Labels and scenarios are used here only to
+    measure the limit, never by a model.
     """
     spec = PROTOCOLS[protocol]
     scenario2 = features_df[features_df["TX_FRAUD_SCENARIO"] == 2]
@@ -340,7 +342,8 @@ def label_delay_ceiling(features_df: pd.DataFrame, protocol: str = "chapter5",
 def score_protocol(features_df: pd.DataFrame, protocol: str, *,
                    feature_cols: Sequence[str] | None = None,
                    params: Mapping[str, Any] | None = None,
-                   curves_dir: Path | None = None) -> dict[str, Any]:
+                   curves_dir: Path | None = None, curves_prefix: str | None = None
+                   ) -> dict[str, Any]:
     """Train and test every fold of ``protocol`` on a features frame; metrics beside the book's.
 
     The frame needs the feature columns plus TX_DATETIME, CUSTOMER_ID and TX_FRAUD, whatever
@@ -379,7 +382,7 @@ def score_protocol(features_df: pd.DataFrame, protocol: str, *,
     if curves_dir is not None:
         report["curves"] = [str(p) for p in save_curves(
             np.concatenate(labels), np.concatenate(scores), curves_dir,
-            f"{protocol}: test weeks pooled", prefix=protocol)]
+            f"{protocol}: test weeks pooled", prefix=curves_prefix or protocol)]
     return report
 
 
@@ -484,7 +487,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = score_protocol(frame, args.protocol,
                             feature_cols=BASELINE if args.baseline_only else None,
                             params=DEFAULT_CHOICE if args.no_search else None,
-                            curves_dir=args.curves_dir)
+                            curves_dir=args.curves_dir,
+                            curves_prefix=args.protocol + ("-baseline" if args.baseline_only
+                                                           else ""))
     report["ceiling"] = label_delay_ceiling(frame, args.protocol)
     print(format_report(report))
     print(f"unknowable frauds (scenario 2, compromise not yet labelled): "

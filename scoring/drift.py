@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from scoring import metrics
+
 __all__ = [
     "ACT",
     "WATCH",
@@ -156,36 +158,20 @@ def drift_report(baselines: Mapping[str, Baseline], samples: Mapping[str, Sequen
 
 
 def roc_auc(scores: Sequence[float], labels: Sequence[bool]) -> float | None:
-    """Exact ROC AUC (ties count one half); None when only one class is present."""
-    s = np.asarray(scores, dtype=np.float64)
+    """ROC AUC as scoring.metrics computes it; None when only one class is present (a rolling
+    window of labels often has no fraud yet)."""
     y = np.asarray(labels, dtype=bool)
-    positives = int(y.sum())
-    negatives = y.size - positives
-    if positives == 0 or negatives == 0:
+    if y.all() or not y.any():
         return None
-    # Mid-ranks handle ties: a tied positive/negative pair contributes one half.
-    _, inverse, counts = np.unique(s, return_inverse=True, return_counts=True)
-    upper = np.cumsum(counts)
-    mid_rank = (upper - (counts - 1) / 2.0)[inverse]
-    rank_sum = float(mid_rank[y].sum())
-    return (rank_sum - positives * (positives + 1) / 2.0) / (positives * negatives)
+    return metrics.auc_roc(y.astype(np.float64), np.asarray(scores, dtype=np.float64))
 
 
 def average_precision(scores: Sequence[float], labels: Sequence[bool]) -> float | None:
-    """Step-wise AP as scikit-learn defines it; None when there is no positive."""
-    s = np.asarray(scores, dtype=np.float64)
+    """AP as scoring.metrics computes it; None when there is no positive."""
     y = np.asarray(labels, dtype=bool)
-    positives = int(y.sum())
-    if positives == 0:
+    if not y.any():
         return None
-    order = np.argsort(-s, kind="mergesort")
-    s, y = s[order], y[order]
-    # One operating point per distinct score: the last index of each run of equal scores.
-    last = np.r_[np.nonzero(np.diff(s))[0], s.size - 1]
-    tps = np.cumsum(y)[last]
-    precision = tps / (last + 1)
-    recall = tps / positives
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+    return metrics.average_precision(y.astype(np.float64), np.asarray(scores, dtype=np.float64))
 
 
 class RollingMetrics:

@@ -35,7 +35,12 @@ from streams.simulator.producer import SimulationReport, replay_handbook
 from streams.topics import Topic, topic_name
 
 HISTORY_DAYS = 38
-LABEL_LEAD_S = 3600.0
+# Labels are released right after their transaction (known_at unchanged). Terminal features read
+# a label only for transactions at least seven days old, whose labels are known by then, and the
+# online learner waits for known_at, so nothing leaks; what it buys is a seven-day event-time
+# margin against the labels topic being consumed behind the transactions topic. With a one-hour
+# lead a loaded CI machine once saw the labels stage fall further behind than that.
+LABEL_LEAD_S = 7 * 24 * 3600.0
 # Transactions produced but not yet decided. A replay is far faster than the worker; flooding it
 # with a million-record backlog made Faust's commits take seconds each and, once, stall the
 # terminal stage. Holding the backlog to this keeps the worker at its steady rate.

@@ -1,10 +1,11 @@
 """`rakshit evaluate`: the handbook's protocols on features the streaming worker computed.
 
-The data is replayed through Kafka in event-time order (transactions, and fraud labels a week
-later) into a worker on fresh topics. Every verdict logs the features it was scored with; those
-streamed features, joined with the handbook's labels, are what the protocol trains and tests on
-(`scoring.train.score_protocol`). The same rows are also built by the offline builder, and the
-largest difference per feature is reported: train/serve parity, measured on the whole replay.
+The data is replayed through Kafka in event-time order (transactions, and their fraud labels,
+known a week later, released early: see LABEL_LEAD_S) into a worker on fresh topics. Every
+verdict logs the features it was scored with; those streamed features, joined with the
+handbook's labels, are what the protocol trains and tests on (`scoring.train.score_protocol`).
+The same rows are also built by the offline builder, and the largest difference per feature is
+reported: train/serve parity, measured on the whole replay.
 
 The replay starts 38 days before the first day the protocol reads (terminal windows reach 37
 days back), so every row it scores has its full history.

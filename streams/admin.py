@@ -37,6 +37,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def delete_run_topics(settings: Settings) -> None:
+    """Delete a throwaway run's topics: its prefixed topics and its Faust changelogs."""
+    admin = admin_client(settings)
+    names = [n for n in admin.list_topics(timeout=10).topics
+             if n.startswith(settings.topic_prefix) or n.startswith(settings.app_id)]
+    if names:
+        for future in admin.delete_topics(names, operation_timeout=30).values():
+            future.result()
+
+
 def admin_client(settings: Settings) -> AdminClient:
     return AdminClient({"bootstrap.servers": settings.bootstrap_servers})
 

@@ -16,7 +16,7 @@ from typing import Any
 from confluent_kafka import Producer
 
 from schemas.codec import make_codec
-from streams.admin import admin_client, end_offsets, ensure_topics, free_port
+from streams.admin import delete_run_topics, end_offsets, ensure_topics, free_port
 from streams.config import Settings
 from streams.demo import start_worker, stop_process, wait_until_ready
 from streams.simulator.population import build_population
@@ -60,10 +60,7 @@ def _one_run(base: Settings, records: list[tuple[bytes, bytes]], passthrough: bo
         return len(records) / (time.monotonic() - started)
     finally:
         stop_process(worker)
-        names = [n for n in admin_client(settings).list_topics(timeout=10).topics
-                 if n.startswith(settings.topic_prefix) or n.startswith(settings.app_id)]
-        if names:
-            admin_client(settings).delete_topics(names, operation_timeout=30)
+        delete_run_topics(settings)
 
 
 def bench_pipeline(settings: Settings, transactions: int = 20_000, rounds: int = 3,

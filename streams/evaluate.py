@@ -29,7 +29,7 @@ from confluent_kafka import Consumer, TopicPartition
 from schemas.codec import make_codec
 from scoring import features as F
 from scoring.train import DELTA_DELAY, DELTA_TEST, DELTA_TRAIN, PROTOCOLS, score_protocol
-from streams.admin import admin_client, end_offsets, ensure_topics, free_port
+from streams.admin import delete_run_topics, end_offsets, ensure_topics, free_port
 from streams.config import Settings
 from streams.demo import start_worker, stop_process, wait_until_ready
 from streams.simulator.producer import SimulationReport, replay_handbook
@@ -143,10 +143,7 @@ def replay_and_collect(settings: Settings, data_dir: Path, start: date, end: dat
     finally:
         collector.stop_event.set()
         stop_process(worker)
-        names = [n for n in admin_client(run).list_topics(timeout=10).topics
-                 if n.startswith(run.topic_prefix) or n.startswith(run.app_id)]
-        if names:
-            admin_client(run).delete_topics(names, operation_timeout=30)
+        delete_run_topics(run)
     return collector, {"transactions": report.transactions, "fraud_labels": report.labels,
                        "seconds": round(elapsed, 1),
                        "throughput_tps": round(report.transactions / elapsed, 1),

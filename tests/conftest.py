@@ -19,6 +19,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from infra.kafka.launcher import EmbeddedBroker
+from streams.admin import free_port as admin_free_port
 from streams.config import Settings
 
 # The machine is shared and noisy: judge properties by their examples, not by how fast a loaded
@@ -81,8 +82,4 @@ def make_settings(kafka_bootstrap: str, tmp_path: Path) -> Callable[..., Setting
 
 @pytest.fixture
 def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    return admin_free_port()

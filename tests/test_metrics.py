@@ -27,8 +27,7 @@ def test_average_precision_steps_through_thresholds() -> None:
 
 
 def test_metrics_agree_with_scikit_learn() -> None:
-    sklearn_metrics = pytest.importorskip(
-        "sklearn.metrics", reason="scikit-learn (a shap dependency) is needed for this check")
+    import sklearn.metrics as sklearn_metrics  # installed with river and shap (extra ml)
     rng = np.random.default_rng(7)
     for _ in range(20):
         y = rng.integers(0, 2, 300)

@@ -208,8 +208,10 @@ class EmbeddedBroker:
         props = self._configure()
         cluster_id = (self.run_dir / "cluster-id").read_text().strip()
         # StorageTool calls System.exit, so it runs in its own JVM. -g: already formatted is ok.
-        fmt = subprocess.run(self._java("kafka.tools.StorageTool", "format", "-t", cluster_id,
-                                        "-c", str(props), "-g"),
+        # "--cluster-id=ID", not "-t ID": a base64url id may start with "-" and parse as a flag.
+        fmt = subprocess.run(self._java("kafka.tools.StorageTool", "format",
+                                        f"--cluster-id={cluster_id}", f"--config={props}",
+                                        "--ignore-formatted"),
                              capture_output=True, text=True, check=False)
         if fmt.returncode != 0:
             raise BrokerError(f"formatting {self.data_dir} failed:\n{fmt.stdout}{fmt.stderr}")

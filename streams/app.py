@@ -16,6 +16,7 @@ Processing guarantee: at-least-once, with every agent at concurrency 1.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -27,9 +28,10 @@ from schemas.codec import make_codec
 from streams import metrics
 from streams.config import Settings
 from streams.models import build_pipeline
-from streams.processing import Admitted, Output, Processor, Source
+from streams.processing import Admitted, Output, Processor, Source, internal_error
 from streams.stages import CardStage, TerminalStage
 from streams.topics import DEAD_LETTER_MAX_BYTES, Topic, topic_name
+from streams.transport import App, finishing
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +43,7 @@ def _broker_url(bootstrap: str) -> str:
 def _faust_app(settings: Settings) -> faust.App:
     datadir = settings.home / "worker" / settings.app_id
     datadir.parent.mkdir(parents=True, exist_ok=True)
-    return faust.App(
+    return App(
         settings.app_id,
         broker=_broker_url(settings.bootstrap_servers),
         store="memory://",
@@ -103,7 +105,22 @@ def create_app(settings: Settings) -> faust.App:
     processed: dict[tuple[str, int], int] = {}
 
     async def send(out: Output) -> None:
-        await outputs[out.topic].send(key=out.key, value=out.value)
+        """Hand a record to the producer, retrying until it is accepted.
+
+        An exception escaping an agent makes Faust ack the record in hand, and the next commit
+        then skips it: a transaction without a verdict. So a send that fails is retried with
+        capped backoff (the partition stalls, its lag metric grows) rather than raised.
+        """
+        delay = 0.05
+        while True:
+            try:
+                await outputs[out.topic].send(key=out.key, value=out.value)
+                break
+            except Exception:
+                metrics.SEND_RETRIES.labels(out.topic).inc()
+                log.exception("send to %s failed; retrying in %.2f s", out.topic, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
         metrics.EVENTS_OUT.labels(out.topic).inc()
 
     def source_of(event: Any) -> Source:
@@ -114,7 +131,7 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.agent(transactions, name="card-stage", concurrency=1)
     async def card_agent(stream: faust.StreamT[bytes]) -> None:
-        async for event in stream.events():
+        async for event in finishing(app, stream):
             received = time.time()
             source = source_of(event)
             admitted = admission.admit(event.message.value, source, "transaction")
@@ -139,7 +156,7 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.agent(labels, name="label-stage", concurrency=1)
     async def label_agent(stream: faust.StreamT[bytes]) -> None:
-        async for event in stream.events():
+        async for event in finishing(app, stream):
             admitted = admission.admit(event.message.value, source_of(event), "label")
             if not isinstance(admitted, Admitted):
                 await send(admitted)
@@ -152,22 +169,35 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.agent(scoring, name="terminal-stage", concurrency=1)
     async def terminal_agent(stream: faust.StreamT[bytes]) -> None:
-        async for event in stream.events():
+        async for event in finishing(app, stream):
             started = time.time()
-            source_of(event)
-            scoring_event = terminal_stage.decode(event.message.value)
-            terminal = scoring_event["terminal_id"]
-            state = terminal_table[terminal] or None
-            if scoring_event["kind"] == "LABEL":
-                terminal_table[terminal] = terminal_stage.observe_label(state, scoring_event)
+            source = source_of(event)
+            raw = event.message.value or b""
+            try:
+                scoring_event = terminal_stage.decode(raw)
+            except Exception as exc:  # our own topic, so a bug: keep the record, say why
+                await send(admission.dead_letter(raw, source, internal_error(exc)))
                 continue
-            state, verdict = terminal_stage.decide(state, scoring_event, started)
-            terminal_table[terminal] = state
+            terminal = scoring_event["terminal_id"]
+            try:
+                state = terminal_table[terminal] or None
+                if scoring_event["kind"] == "LABEL":
+                    terminal_table[terminal] = terminal_stage.observe_label(state, scoring_event)
+                    continue
+                state, verdict = terminal_stage.decide(state, scoring_event, started)
+                terminal_table[terminal] = state
+            except Exception:
+                log.exception("terminal state failed; deciding without features")
+                metrics.FEATURE_STORE_ERRORS.inc()
+                try:
+                    verdict = terminal_stage.decide_without_state(scoring_event, started)
+                except Exception as again:
+                    verdict = admission.dead_letter(raw, source, internal_error(again))
             await send(verdict)
 
     @app.agent(outcomes, name="observe-outcomes", concurrency=1)
     async def observe_outcomes(stream: faust.StreamT[bytes]) -> None:
-        async for event in stream.events():
+        async for event in finishing(app, stream):
             admitted = admission.admit(event.message.value, source_of(event),
                                        "authorization_outcome")
             if not isinstance(admitted, Admitted):
@@ -205,7 +235,7 @@ def create_passthrough_app(settings: Settings) -> faust.App:
 
     @app.agent(source, name="passthrough", concurrency=1)
     async def passthrough(stream: faust.StreamT[bytes]) -> None:
-        async for event in stream.events():
+        async for event in finishing(app, stream):
             await sink.send(key=event.message.key, value=event.message.value)
 
     _add_ops(app, settings)
@@ -235,3 +265,5 @@ class _Worker(faust.Worker):
         self.spinner = None
         for noisy in ("aiokafka", "faust.topics"):
             logging.getLogger(noisy).setLevel(max(level, logging.INFO))
+        # A refused ack is rare and worth seeing whatever the level (streams.transport).
+        logging.getLogger("streams.transport").setLevel(logging.INFO)

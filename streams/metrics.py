@@ -31,3 +31,15 @@ WORKER_READY = Gauge("rakshit_worker_ready",
 CONSUMER_LAG = Gauge("rakshit_consumer_lag",
                      "Records on the partition not yet processed by this worker.",
                      ["topic", "partition"])
+ACKS_REFUSED = Counter("rakshit_acks_refused",
+                       "Acks of records skipped during a rebalance, not counted towards the "
+                       "committed offset (streams.transport): each is delivered again.", ["topic"])
+SEND_RETRIES = Counter("rakshit_send_retries",
+                       "Sends the producer refused and the worker retried (never dropped).",
+                       ["topic"])
+OFFSET_HOLES = Counter("rakshit_offset_holes",
+                       "A record an agent never finished below one it did: commits hold there.",
+                       ["topic"])
+OFFSET_REREADS = Counter("rakshit_offset_rereads",
+                         "Partitions sought back to an unfinished record (streams.transport).",
+                         ["topic"])

@@ -105,6 +105,11 @@ class Processor:
         return Output(self.dead_letter_topic, source.topic.encode(), value)
 
 
+def internal_error(exc: BaseException) -> Rejection:
+    """Our own code failed on a record: it goes to the dead letters rather than vanishing."""
+    return Rejection("internal_error", f"{type(exc).__name__}: {exc}")
+
+
 def verdict_id(transaction_id: str) -> str:
     """Deterministic, so a verdict re-issued after a crash carries the same id."""
     return str(uuid.uuid5(VERDICT_NAMESPACE, transaction_id))

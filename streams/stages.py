@@ -194,6 +194,18 @@ class TerminalStage:
         self._learn_due()
         return state, self.verdict(tx, parts, row, started, event)
 
+    def decide_without_state(self, event: Mapping[str, Any], started: float) -> Output:
+        """The verdict when reading or updating terminal state raised: no features at all.
+
+        The decision chain then runs its features_unavailable path (conservative tier) rather
+        than the transaction going without a verdict; the state is left as it was.
+        """
+        tx = self.codec.decode(event["payload"], topic=self.internal, expect="transaction").record
+        context = DecisionContext(now_ms=event_millis(tx), feature_store_ok=False,
+                                  cached_features=None, cached_at_ms=None, amount_history=[])
+        parts = self.pipeline.decide(tx, None, context)
+        return self.verdict(tx, parts, {}, started, event)
+
     def _remember(self, tx_id: str, row: dict[str, float], score: float) -> None:
         self.scored[tx_id] = ScoredTransaction(row, score)
         if len(self.scored) > self.memory_size:

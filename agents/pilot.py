@@ -73,8 +73,13 @@ class PilotConfig:
     observe_interval_s: float = 10.0  # OBSERVATION records at most this often
     max_probe_s: float = 600.0  # a probe never expanded by then is concluded, inconclusive
     max_experiment_s: float = 4 * 3600.0  # any experiment is concluded after this
-    restore_window: int = 60  # control outcomes per recovery check (tumbling window)
-    restore_tolerance: float = 0.03  # recovered: window rate >= baseline_rate - tolerance
+    # A backstop for a RESOLVED hypothesis that never comes: control outcomes per recovery check
+    # (tumbling window), recovered when the window's 99% lower bound (Wilson) reaches the
+    # baseline minus the tolerance. 60 outcomes with a plain rate test restored a route still at
+    # 0.80 within seconds (measured by `rakshit bench healing`): noise, not recovery.
+    restore_window: int = 400
+    restore_tolerance: float = 0.04
+    restore_z: float = 2.326
     health_min_obs: int = 10  # outcomes on a candidate cell before its rate can condemn it
     health_floor: float = 0.70  # a candidate below this delivered rate is unhealthy
     health_margin: float = 0.15  # ... or below the suspect's baseline rate minus this
@@ -145,6 +150,15 @@ def _beta_greater(a1: int, b1: int, a2: int, b2: int) -> float:
     for i in range(a1):
         total += math.exp(_lbeta(a2 + i, b1 + b2) - math.log(b1 + i) - _lbeta(1 + i, b1) - const)
     return min(1.0, max(0.0, total))
+
+
+def _wilson_lower(rate: float, n: int, z: float) -> float:
+    """Lower end of the Wilson score interval for a rate seen over n trials."""
+    if n <= 0:
+        return 0.0
+    centre = rate + z * z / (2 * n)
+    spread = z * math.sqrt(rate * (1 - rate) / n + z * z / (4 * n * n))
+    return (centre - spread) / (1 + z * z / n)
 
 
 def prob_probe_better(probe: tuple[int, int], control: tuple[int, int]) -> float:
@@ -505,12 +519,13 @@ class Pilot:
         return []
 
     def _check_recovery(self, exp: dict[str, Any], now: int) -> list[Action] | None:
-        rate = exp["ws"] / exp["wn"]
+        n, rate = exp["wn"], exp["ws"] / exp["wn"]
+        lower = _wilson_lower(rate, n, self.config.restore_z)
         needed = exp["baseline_rate"] - self.config.restore_tolerance
-        if rate >= needed:
-            why = (f"control arm {exp['from']} delivered {exp['ws']}/{exp['wn']} ({rate:.3f}) over "
-                   f"its last window, back near its baseline {exp['baseline_rate']:.3f}; "
-                   "traffic goes back to the baseline weights")
+        if lower >= needed:
+            why = (f"control arm {exp['from']} delivered {exp['ws']}/{n} ({rate:.3f}, 99% lower "
+                   f"bound {lower:.3f}) over its last window, back near its baseline "
+                   f"{exp['baseline_rate']:.3f}; traffic goes back to the baseline weights")
             return self._end(exp, "RESTORED", None, why, now)
         exp["wn"], exp["ws"] = 0, 0
         self._store[f"exp:{exp['id']}"] = exp

@@ -29,7 +29,9 @@ from streams import metrics
 from streams.config import Settings
 from streams.models import build_pipeline
 from streams.processing import Admitted, Output, Processor, Source, internal_error
+from streams.routing import RoutingStage, load_baseline
 from streams.stages import CardStage, TerminalStage
+from streams.state import WriteBehind
 from streams.topics import DEAD_LETTER_MAX_BYTES, Topic, topic_name
 from streams.transport import App, finishing
 
@@ -96,12 +98,24 @@ def create_app(settings: Settings) -> faust.App:
     labels = raw_topic(Topic.LABELS)
     scoring = raw_topic(Topic.SCORING)
     outputs = {topic_name(t, settings.topic_prefix): raw_topic(t)
-               for t in (Topic.DECISIONS, Topic.DEAD_LETTERS, Topic.SCORING)}
+               for t in (Topic.DECISIONS, Topic.DEAD_LETTERS, Topic.SCORING,
+                         Topic.ROUTE_OUTCOMES, Topic.HYPOTHESES, Topic.EXPERIMENTS,
+                         Topic.ROUTING_POLICY)}
     # Changelogged state, recovered before a restarted worker processes anything. Card state
     # lives on the card's partition, terminal state on the terminal's (see streams.stages).
     card_table = app.Table("card-state", default=dict, partitions=settings.default_partitions)
     terminal_table = app.Table("terminal-state", default=dict,
                                partitions=settings.default_partitions)
+    # The routing loop's state lives on the one partition of its topics (see streams.topics),
+    # worked on in memory and checkpointed each second (streams.state).
+    analyst_state = WriteBehind(app.Table("analyst-cells", default=dict, partitions=1))
+    pilot_state = WriteBehind(app.Table("pilot-state", default=dict, partitions=1))
+    routing = RoutingStage(codec, settings.topic_prefix, load_baseline(settings.routing_baseline),
+                           analyst_state, pilot_state)
+    hypotheses_name = topic_name(Topic.HYPOTHESES, settings.topic_prefix)
+    routing_inputs = app.topic(topic_name(Topic.ROUTE_OUTCOMES, settings.topic_prefix),
+                               hypotheses_name, key_type=bytes, value_type=bytes,
+                               key_serializer="raw", value_serializer="raw")
     processed: dict[tuple[str, int], int] = {}
 
     async def send(out: Output) -> None:
@@ -198,10 +212,32 @@ def create_app(settings: Settings) -> faust.App:
     @app.agent(outcomes, name="observe-outcomes", concurrency=1)
     async def observe_outcomes(stream: faust.StreamT[bytes]) -> None:
         async for event in finishing(app, stream):
-            admitted = admission.admit(event.message.value, source_of(event),
-                                       "authorization_outcome")
-            if not isinstance(admitted, Admitted):
-                await send(admitted)
+            raw = event.message.value or b""
+            admitted = admission.admit(raw, source_of(event), "authorization_outcome")
+            await send(admitted if not isinstance(admitted, Admitted)
+                       else routing.hand_over(admitted.record, raw))
+
+    @app.agent(routing_inputs, name="routing", concurrency=1)
+    async def routing_agent(stream: faust.StreamT[bytes]) -> None:
+        """The Analyst on outcomes, the Pilot on outcomes and on the hypotheses topic."""
+        async for event in finishing(app, stream):
+            source = source_of(event)
+            raw = event.message.value or b""
+            try:
+                if event.message.topic == hypotheses_name:
+                    outs = routing.on_hypothesis(raw)
+                else:
+                    outs = routing.on_outcome(raw)
+            except Exception as exc:  # keep the record and the reason, keep the loop running
+                log.exception("routing failed on %s", event.message.topic)
+                outs = [admission.dead_letter(raw, source, internal_error(exc))]
+            for out in outs:
+                await send(out)
+
+    @app.timer(interval=1.0)  # type: ignore[untyped-decorator]
+    async def checkpoint_routing() -> None:
+        analyst_state.flush()
+        pilot_state.flush()
 
     _add_ops(app, settings)
 

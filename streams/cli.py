@@ -95,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
                       help="event-time seconds per wall second (fraud campaigns take minutes)")
     demo.add_argument("--bad-records", type=int, default=21,
                       help="malformed records to mix in (they must all reach the dead letters)")
+    demo.add_argument("--outage-start", type=float, default=None,
+                      help="wall seconds into the run an outage scenario degrades (default 40%%)")
+    demo.add_argument("--outage-duration", type=float, default=None,
+                      help="wall seconds the outage lasts (default 30%% of the run)")
     demo.add_argument("--summary-json", type=Path, default=None)
     demo.add_argument("--keep-broker", action="store_true",
                       help="leave a broker the demo started running afterwards")
@@ -224,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
 
         summary = run_demo(settings, DemoOptions(
             duration_s=args.duration, rate=args.rate, scenario=args.scenario, seed=args.seed,
-            keep_broker=args.keep_broker, speedup=args.speedup, bad_records=args.bad_records))
+            keep_broker=args.keep_broker, speedup=args.speedup, bad_records=args.bad_records,
+            outage_start_s=args.outage_start, outage_duration_s=args.outage_duration))
         if args.summary_json:
             args.summary_json.parent.mkdir(parents=True, exist_ok=True)
             args.summary_json.write_text(json.dumps(summary, indent=2) + "\n")

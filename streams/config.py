@@ -53,6 +53,12 @@ class Settings:
         return self.external_bootstrap or f"127.0.0.1:{self.broker_port}"
 
     @property
+    def routing_baseline(self) -> Path:
+        """The gateways' static route weights (JSON: issuer -> route -> weight), written by the
+        simulator and the demo; the Pilot shifts traffic from these and restores to them."""
+        return self.home / "routing-baseline.json"
+
+    @property
     def embedded(self) -> bool:
         return self.external_bootstrap is None
 

@@ -27,6 +27,9 @@ from schemas.codec import make_codec
 from streams.admin import end_offsets, ensure_topics
 from streams.broker import embedded_broker, ensure_broker
 from streams.config import Settings
+from streams.routing import write_baseline
+from streams.simulator.population import build_population
+from streams.simulator.scenarios import get_scenario
 from streams.topics import Topic, topic_name
 
 
@@ -42,6 +45,66 @@ class DemoOptions:
     speedup: float = 20.0
     bad_records: int = 21  # malformed records mixed into the traffic, three of each kind
     verdict_timeout_s: float = 60.0
+    # Outage placement in wall seconds (scenarios with an outage). The Analyst arms a cell's
+    # detectors once its baseline holds 1,000 attempts, so the outage must not start at once.
+    outage_start_s: float | None = None
+    outage_duration_s: float | None = None
+
+
+def outage_window(options: DemoOptions) -> tuple[float, float]:
+    """Where the outage sits in a demo run: by default from 40% to 70% of the run, so the
+    summary shows the healthy baseline, detection, healing and recovery."""
+    start = options.outage_start_s if options.outage_start_s is not None \
+        else 0.4 * options.duration_s
+    length = options.outage_duration_s if options.outage_duration_s is not None \
+        else 0.3 * options.duration_s
+    return start, length
+
+
+def read_routing(settings: Settings, start: dict[str, dict[int, int]]) -> dict[str, list[Any]]:
+    """Every hypothesis, experiment step and policy published since the run began."""
+    codec = make_codec(settings.schema_registry_url)
+    found: dict[str, list[Any]] = {}
+    for topic, schema in ((Topic.HYPOTHESES, "hypothesis"), (Topic.EXPERIMENTS, "experiment"),
+                          (Topic.ROUTING_POLICY, "routing_policy")):
+        name = topic_name(topic, settings.topic_prefix)
+        end = end_offsets(settings, name)
+        consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers,
+                             "group.id": f"demo-read-{os.getpid()}", "enable.auto.commit": False,
+                             "isolation.level": "read_committed"})
+        consumer.assign([TopicPartition(name, p, start[name].get(p, 0)) for p in end])
+        records: list[Any] = []
+        todo = sum(end.values()) - sum(start[name].get(p, 0) for p in end)
+        deadline = time.monotonic() + 20
+        while len(records) < todo and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error():
+                continue
+            records.append(codec.decode(msg.value() or b"", topic=name, expect=schema).record)
+        consumer.close()
+        found[schema] = records
+    return found
+
+
+def routing_summary(found: dict[str, list[Any]], t0_ms: int) -> dict[str, Any]:
+    """What the closed loop did, in the order it did it, with times from the run's start."""
+    def at(ms: Any) -> float:
+        return round((int(ms.timestamp() * 1000) - t0_ms) / 1000.0, 1)
+
+    hyps = [{"t_s": at(h["created_at"]), "status": h["status"], "scope": h["scope"],
+             "cell": f"{h['route']}|{h['issuer_id']}", "cause": h["suspected_cause"],
+             "confidence": round(h["confidence"], 4),
+             "observed_rate": round(h["evidence"]["observed_rate"], 3),
+             "baseline_rate": round(h["evidence"]["baseline_rate"], 3)}
+            for h in found.get("hypothesis", [])]
+    steps = [{"t_s": at(e["at"]), "step": e["step"], "issuer": e["issuer_id"],
+              "from": e["from_route"], "to": e["to_route"], "share": round(e["share"], 3),
+              "guardrail": e["guardrail"], "reason": e["reason"]}
+             for e in found.get("experiment", [])]
+    policies = [{"t_s": at(p["updated_at"]), "issuer": p["issuer_id"], "version": p["version"],
+                 "weights": {w["route"]: round(w["weight"], 3) for w in p["weights"]}}
+                for p in found.get("routing_policy", [])]
+    return {"hypotheses": hyps, "experiment_steps": steps, "policies": policies}
 
 
 class VerdictCollector(threading.Thread):
@@ -244,6 +307,12 @@ def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
     decisions = topic_name(Topic.DECISIONS, settings.topic_prefix)
     dead_letters = topic_name(Topic.DEAD_LETTERS, settings.topic_prefix)
     dlq_before = sum(end_offsets(settings, dead_letters).values())
+    routing_start = {topic_name(t, settings.topic_prefix): end_offsets(
+        settings, topic_name(t, settings.topic_prefix))
+        for t in (Topic.HYPOTHESES, Topic.EXPERIMENTS, Topic.ROUTING_POLICY)}
+    population = build_population(seed, customers=demo_customers(options.rate))
+    write_baseline(settings.routing_baseline, population.default_weights)
+    outage_start, outage_length = outage_window(options)
 
     worker, worker_log = start_worker(settings, "demo-worker.log")
     try:
@@ -259,9 +328,12 @@ def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
             settings, SimulationOptions(scenario=options.scenario, rate=options.rate,
                                         duration_s=options.duration_s, seed=seed,
                                         customers=demo_customers(options.rate),
-                                        speedup=options.speedup),
+                                        speedup=options.speedup,
+                                        outage_start_s=outage_start,
+                                        outage_duration_s=outage_length),
             on_transaction=collector.on_transaction)), name="simulator", daemon=True)
         t0 = time.time()
+        run_start_ms = int(t0 * 1000)
         sim.start()
         injected = inject_bad_records(settings, options.bad_records, seed)
         while sim.is_alive():
@@ -274,6 +346,8 @@ def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
         collector.stop_event.set()
         collector.join(5)
         dlq = sum(end_offsets(settings, dead_letters).values()) - dlq_before
+        time.sleep(2.0)  # the routing agent's last steps for the tail of the traffic
+        routing = routing_summary(read_routing(settings, routing_start), run_start_ms)
     finally:
         stop_process(worker)
         if started_broker and not options.keep_broker:
@@ -300,6 +374,9 @@ def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
         "decisions": dict(collector.decisions),
         "fallbacks": dict(collector.fallbacks),
         "simulator": str(report[0]) if report else None,
+        "outage_wall_s": [outage_start, outage_start + outage_length]
+        if get_scenario(options.scenario).outage else None,
+        "routing": routing,
         "worker_log": worker_log,
     }
     print_summary(summary)
@@ -320,3 +397,18 @@ def print_summary(s: dict[str, Any]) -> None:
     print(f"  latency produce->verdict p50 {lat['p50']} ms, p90 {lat['p90']} ms, "
           f"p99 {lat['p99']} ms, max {lat['max']} ms")
     print(f"  throughput              {s['throughput_tps']} verdicts/s")
+    routing = s["routing"]
+    if s["outage_wall_s"]:
+        a, b = s["outage_wall_s"]
+        print(f"  outage injected         {a:.0f}s-{b:.0f}s of the run (wall clock)")
+    print(f"  routing loop            {len(routing['hypotheses'])} hypotheses, "
+          f"{len(routing['experiment_steps'])} experiment steps, "
+          f"{len(routing['policies'])} policy versions")
+    for h in routing["hypotheses"][:8]:
+        print(f"    {h['t_s']:6.1f}s hypothesis {h['status']:8} {h['scope']:12} {h['cell']} "
+              f"{h['cause']} confidence {h['confidence']} "
+              f"(rate {h['observed_rate']} vs {h['baseline_rate']})")
+    for e in routing["experiment_steps"][:12]:
+        rule = f" [{e['guardrail']}]" if e["guardrail"] else ""
+        print(f"    {e['t_s']:6.1f}s experiment {e['step']:11} {e['issuer']} {e['from']}->"
+              f"{e['to']} share {e['share']}{rule}")

@@ -43,3 +43,11 @@ OFFSET_HOLES = Counter("rakshit_offset_holes",
 OFFSET_REREADS = Counter("rakshit_offset_rereads",
                          "Partitions sought back to an unfinished record (streams.transport).",
                          ["topic"])
+HYPOTHESES = Counter("rakshit_hypotheses", "Analyst hypotheses published.",
+                     ["status", "scope", "cause"])
+EXPERIMENT_STEPS = Counter("rakshit_experiment_steps",
+                           "Pilot experiment steps published; guardrail names a refusal's rule.",
+                           ["step", "guardrail"])
+POLICY_CHANGES = Counter("rakshit_policy_changes", "Routing-policy versions published, by issuer.",
+                         ["issuer"])
+ACTIVE_EXPERIMENTS = Gauge("rakshit_active_experiments", "Pilot experiments in progress.")

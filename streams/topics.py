@@ -25,6 +25,7 @@ class Topic(StrEnum):
     CASES = "cases"
     DEAD_LETTERS = "dead-letters"
     SCORING = "scoring-by-terminal"
+    ROUTE_OUTCOMES = "route-outcomes"
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,11 @@ TOPICS: tuple[TopicSpec, ...] = (
     # terminal stage. Short retention: a record here matters only until it is scored.
     TopicSpec(Topic.SCORING, "scoring_event", "terminal_id", None, 1 * DAY_MS, False,
               "Worker-internal: card stage to terminal stage, keyed by terminal."),
+    # Internal to the worker: admitted outcomes on one partition, so one Analyst sees every
+    # route of an issuer and every issuer of a route (scope needs both) and one Pilot holds the
+    # limits that span issuers (concurrent experiments).
+    TopicSpec(Topic.ROUTE_OUTCOMES, "authorization_outcome", "cell", 1, 1 * DAY_MS, False,
+              "Worker-internal: admitted outcomes for route health, keyed by route|issuer."),
 )
 
 SPECS: dict[Topic, TopicSpec] = {spec.topic: spec for spec in TOPICS}

@@ -181,9 +181,17 @@ def test_restores_baseline_on_resolved() -> None:
 def test_restores_when_control_arm_recovers() -> None:
     pilot = Pilot(baseline=BASELINE)
     _, t = started(pilot)
-    actions, t = feed(pilot, "A", "I", "1" * 60, t)
+    actions, t = feed(pilot, "A", "I", "1" * 400, t)
     assert steps(actions)[-1] == "RESTORED"
     assert pilot.policy("I") == BASELINE["I"]
+
+
+def test_a_lucky_window_on_a_still_degraded_route_does_not_restore() -> None:
+    """At 0.80 a 60-outcome window often reads >= 0.89; 400 at 0.80 never clears the bound."""
+    pilot = Pilot(baseline=BASELINE)
+    _, t = started(pilot)
+    actions, t = feed(pilot, "A", "I", "11110" * 80, t)
+    assert "RESTORED" not in steps(actions)
 
 
 def test_never_shifts_onto_an_unhealthy_route() -> None:

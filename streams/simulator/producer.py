@@ -22,6 +22,7 @@ from confluent_kafka import Consumer, KafkaError, Message, Producer
 from schemas.codec import Codec
 from schemas.codec import make_codec as registry_codec
 from streams.config import Settings
+from streams.routing import write_baseline
 from streams.simulator.handbook import DEFAULT_LABEL_DELAY_DAYS, iter_handbook
 from streams.simulator.population import Population, build_population
 from streams.simulator.routing import ApplyResult, RoutingTable
@@ -267,6 +268,9 @@ def run_simulation(
     codec = make_codec(settings)
     clock = EventClock.for_run(options.duration_s, options.speedup)
     generator = build_generator(options, clock)
+    # The gateways' static weights, for the Pilot to shift from and restore to (a worker reads
+    # them when it starts: start the simulator once before the worker, as the demo does).
+    write_baseline(settings.routing_baseline, generator.population.default_weights)
     publisher = _Publisher(settings, codec, report)
     follower: _PolicyFollower | None = None
     if options.follow_policies:

@@ -78,9 +78,15 @@ def build_parser() -> argparse.ArgumentParser:
                           help="where the ROC and precision-recall PNGs go")
 
     bench = sub.add_parser("bench", help="benchmarks that print figures")
-    bench.add_argument("what", choices=("pipeline", "scoring"))
+    bench.add_argument("what", choices=("pipeline", "scoring", "healing"))
     bench.add_argument("--transactions", type=int, default=20_000)
     bench.add_argument("--rounds", type=int, default=3)
+    bench.add_argument("--seeds", type=int, default=3,
+                       help="healing: runs per scenario (medians are reported)")
+    bench.add_argument("--month-rate", type=float, default=0.5,
+                       help="healing: attempts/s per cell in the simulated healthy month")
+    bench.add_argument("--only", default=None,
+                       help="healing: one scenario kind (outage, latency, ..., healthy) or name")
     bench.add_argument("--summary-json", type=Path, default=None)
 
     demo = sub.add_parser("demo", help="broker, topics, worker and simulator, with a summary")
@@ -210,6 +216,16 @@ def main(argv: list[str] | None = None) -> int:
         from streams.bench import bench_pipeline
         from streams.broker import ensure_broker
 
+        if args.what == "healing":
+            from streams.healing_bench import bench_healing, format_table, targets_met
+
+            rows = bench_healing(args.seeds, args.month_rate, args.only, args.summary_json)
+            print()
+            print(format_table(rows))
+            print()
+            for line in targets_met(rows):
+                print(line)
+            return 0
         if args.what == "scoring":
             from streams.bench import bench_scoring
 

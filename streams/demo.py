@@ -16,7 +16,8 @@ import threading
 import time
 import urllib.request
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -24,7 +25,7 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from schemas.codec import make_codec
-from streams.admin import end_offsets, ensure_topics
+from streams.admin import delete_run_topics, end_offsets, ensure_topics
 from streams.broker import embedded_broker, ensure_broker
 from streams.config import Settings
 from streams.routing import write_baseline
@@ -86,10 +87,12 @@ def read_routing(settings: Settings, start: dict[str, dict[int, int]]) -> dict[s
     return found
 
 
-def routing_summary(found: dict[str, list[Any]], t0_ms: int) -> dict[str, Any]:
-    """What the closed loop did, in the order it did it, with times from the run's start."""
-    def at(ms: Any) -> float:
-        return round((int(ms.timestamp() * 1000) - t0_ms) / 1000.0, 1)
+def routing_summary(found: dict[str, list[Any]], event_start_ms: int,
+                    speedup: float) -> dict[str, Any]:
+    """What the closed loop did, in the order it did it. The agents work in event time; times
+    here are wall seconds into the run (event seconds / speedup), like the outage window."""
+    def at(moment: datetime) -> float:
+        return round((moment.timestamp() * 1000 - event_start_ms) / 1000.0 / speedup, 1)
 
     hyps = [{"t_s": at(h["created_at"]), "status": h["status"], "scope": h["scope"],
              "cell": f"{h['route']}|{h['issuer_id']}", "cause": h["suspected_cause"],
@@ -299,8 +302,13 @@ def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
     from streams.simulator.producer import SimulationOptions, run_simulation
 
     seed = options.seed if options.seed is not None else int.from_bytes(os.urandom(3), "big")
-    print(f"broker: {settings.bootstrap_servers}; scenario {options.scenario}, seed {seed}",
-          flush=True)
+    # Each demo gets its own topics and worker state: a worker keeps velocity, route baselines
+    # and experiments across restarts (as it must in production), and a second demo with a new
+    # population would otherwise start from the last one's cooldowns and open experiments.
+    tag = f"demo-{time.strftime('%H%M%S')}-{seed}"
+    settings = replace(settings, topic_prefix=f"{tag}.", app_id=f"rakshit-{tag}")
+    print(f"broker: {settings.bootstrap_servers}; scenario {options.scenario}, seed {seed}; "
+          f"topics {tag}.*", flush=True)
     ensure_champion(settings)
     started_broker = ensure_broker(settings)
     ensure_topics(settings)
@@ -347,12 +355,20 @@ def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
         collector.join(5)
         dlq = sum(end_offsets(settings, dead_letters).values()) - dlq_before
         time.sleep(2.0)  # the routing agent's last steps for the tail of the traffic
-        routing = routing_summary(read_routing(settings, routing_start), run_start_ms)
+        # The simulator's clock (EventClock.for_run) starts duration x (speedup - 1) in the past.
+        event_start_ms = run_start_ms - options.duration_s * (options.speedup - 1) * 1000
+        routing = routing_summary(read_routing(settings, routing_start), int(event_start_ms),
+                                  options.speedup)
     finally:
         stop_process(worker)
-        if started_broker and not options.keep_broker:
-            embedded_broker(settings).stop()
-            print("broker: stopped (started by this demo; --keep-broker leaves it up)")
+        if options.keep_broker:
+            print(f"broker: left running with this demo's topics ({tag}.*): "
+                  f"RAKSHIT_TOPIC_PREFIX={tag}. rakshit tail experiments")
+        else:
+            delete_run_topics(settings)
+            if started_broker:
+                embedded_broker(settings).stop()
+                print("broker: stopped (started by this demo; --keep-broker leaves it up)")
 
     transactions = len(collector.produced_at)
     span = (max(collector.first_seen.values(), default=t0) - t0) if collector.first_seen else 0.0
@@ -408,7 +424,7 @@ def print_summary(s: dict[str, Any]) -> None:
         print(f"    {h['t_s']:6.1f}s hypothesis {h['status']:8} {h['scope']:12} {h['cell']} "
               f"{h['cause']} confidence {h['confidence']} "
               f"(rate {h['observed_rate']} vs {h['baseline_rate']})")
-    for e in routing["experiment_steps"][:12]:
+    for e in [e for e in routing["experiment_steps"] if e["step"] != "OBSERVATION"][:14]:
         rule = f" [{e['guardrail']}]" if e["guardrail"] else ""
         print(f"    {e['t_s']:6.1f}s experiment {e['step']:11} {e['issuer']} {e['from']}->"
               f"{e['to']} share {e['share']}{rule}")

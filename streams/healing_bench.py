@@ -187,10 +187,15 @@ def outcome(scenario: Scenario, a: Attempts, k: int, route: str) -> tuple[str, f
 
 
 def _choose(weights: Mapping[str, float], u: float) -> str:
-    routes = list(weights)
-    cumulative = np.cumsum([weights[r] for r in routes])
-    i = bisect.bisect_right(cumulative.tolist(), u * float(cumulative[-1]))
-    return routes[min(i, len(routes) - 1)]
+    """The route an attempt takes: the gateway's weighted draw, from a pre-drawn uniform."""
+    total = sum(weights.values())
+    acc, target, last = 0.0, u * total, ""
+    for route, w in weights.items():
+        acc += w
+        last = route
+        if target < acc:
+            return route
+    return last
 
 
 # -- routers --------------------------------------------------------------------------------------
@@ -515,3 +520,27 @@ def bench_healing(seeds: int = 3, month_rate: float = 0.5, only: str | None = No
         summary_json.write_text(json.dumps(summary(rows), indent=2))
     return rows
 
+
+
+def targets_met(rows: Sequence[Row]) -> list[str]:
+    """Each target of TARGETS.md §2-3 beside what this run measured, met or not."""
+    lines = []
+    for r in rows:
+        checks = []
+        if r.limit_attempts and r.detection_delay_attempts is not None:
+            x = r.detection_delay_attempts / r.limit_attempts
+            checks.append(f"delay {x:.2f}x limit {'<=' if x <= 1.5 else '>'} 1.5x")
+        elif r.limit_attempts:
+            checks.append("not detected")
+        if r.kind in ("healthy", "issuer-wide"):
+            checks.append(f"shift {r.max_shift:.3f} {'== 0' if r.max_shift == 0 else '!= 0'}")
+        if r.kind == "outage" and r.name.startswith("outage 0.92->0.50") \
+                and r.recovery_ratio is not None:
+            checks.append(f"recovery {r.recovery_ratio:.3f} "
+                          f"{'>=' if r.recovery_ratio >= 0.9 else '<'} 0.90")
+        if r.kind == "healthy":  # the target is measured over the month, not a short run
+            checks.append(f"false alarms/cell-month {r.false_alarms_per_cell_month:.2f} "
+                          f"{'<=' if r.false_alarms_per_cell_month <= 1 else '>'} 1")
+        checks.append(f"violations {r.guardrail_violations}")
+        lines.append(f"{r.name}: " + "; ".join(checks))
+    return lines

@@ -58,17 +58,26 @@ class RoutingStage:
         self.pilot = Pilot(self.pilot_config, self.baseline, self.pilot_store)
         self.topics = {t: topic_name(t, self.prefix) for t in (
             Topic.ROUTE_OUTCOMES, Topic.HYPOTHESES, Topic.EXPERIMENTS, Topic.ROUTING_POLICY)}
+        self.outcomes_topic = topic_name(Topic.AUTH_OUTCOMES, self.prefix)
         self.last_tick_ms = 0
 
-    def hand_over(self, record: Mapping[str, Any], raw: bytes) -> Output:
-        """An admitted outcome onto the one-partition routing topic, unchanged."""
-        key = f"{record['route']}|{record['issuer_id']}".encode()
-        return Output(self.topics[Topic.ROUTE_OUTCOMES], key, raw)
+    def hand_over(self, raws: list[bytes]) -> Output:
+        """Admitted outcomes, as the gateway encoded them, in one record for the routing topic."""
+        topic = self.topics[Topic.ROUTE_OUTCOMES]
+        return Output(topic, b"batch", self.codec.encode("outcome_batch", {"items": raws},
+                                                         topic=topic))
 
-    def on_outcome(self, raw: bytes) -> list[Output]:
-        record = self.codec.decode(raw, topic=self.topics[Topic.ROUTE_OUTCOMES],
-                                   expect="authorization_outcome").record
-        outcome = Outcome.from_record(record)
+    def on_outcomes(self, raw: bytes) -> list[Output]:
+        batch = self.codec.decode(raw, topic=self.topics[Topic.ROUTE_OUTCOMES],
+                                  expect="outcome_batch").record
+        out: list[Output] = []
+        for item in batch["items"]:
+            record = self.codec.decode(item, topic=self.outcomes_topic,
+                                       expect="authorization_outcome").record
+            out += self.on_outcome(Outcome.from_record(record))
+        return out
+
+    def on_outcome(self, outcome: Outcome) -> list[Output]:
         out = [self._hypothesis(h) for h in self.analyst.observe(outcome)]
         actions = self.pilot.on_outcome(outcome)
         if outcome.event_ms - self.last_tick_ms >= TICK_MS:

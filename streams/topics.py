@@ -76,8 +76,8 @@ TOPICS: tuple[TopicSpec, ...] = (
     # Internal to the worker: admitted outcomes on one partition, so one Analyst sees every
     # route of an issuer and every issuer of a route (scope needs both) and one Pilot holds the
     # limits that span issuers (concurrent experiments).
-    TopicSpec(Topic.ROUTE_OUTCOMES, "authorization_outcome", "cell", 1, 1 * DAY_MS, False,
-              "Worker-internal: admitted outcomes for route health, keyed by route|issuer."),
+    TopicSpec(Topic.ROUTE_OUTCOMES, "outcome_batch", "batch", 1, 1 * DAY_MS, False,
+              "Worker-internal: admitted outcomes, batched, for the routing agent."),
 )
 
 SPECS: dict[Topic, TopicSpec] = {spec.topic: spec for spec in TOPICS}

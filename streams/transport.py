@@ -206,7 +206,12 @@ async def finishing(app: faust.App, stream: faust.StreamT[Any]) -> AsyncIterator
     """
     async for event in stream.events():
         yield event
-        consumer = app.consumer
-        if isinstance(consumer, GuardedAckConsumer):
-            message = event.message
-            consumer.finished(message.tp, message.offset)
+        mark_finished(app, event)
+
+
+def mark_finished(app: faust.App, event: EventT[Any]) -> None:
+    """Report an event finished: its outputs are with the producer (see GuardedAckConsumer)."""
+    consumer = app.consumer
+    if isinstance(consumer, GuardedAckConsumer):
+        message = event.message
+        consumer.finished(message.tp, message.offset)

@@ -107,6 +107,7 @@ RECORDS: dict[str, Callable[[], dict[str, Any]]] = {
         "features": {"card_velocity_1h": 3.0, "amount": 42.5},
         "shadow": {"model_version": "1.1.0", "score": 0.31, "fallbacks": []},
     },
+    "outcome_batch": lambda: {"items": [b"\xc3\x01opaque-outcome-1", b"\xc3\x01opaque-2"]},
     "scoring_event": lambda: {
         "kind": "TRANSACTION",
         "transaction_id": "txn-000017",

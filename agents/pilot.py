@@ -84,6 +84,12 @@ class PilotConfig:
     health_floor: float = 0.70  # a candidate below this delivered rate is unhealthy
     health_margin: float = 0.15  # ... or below the suspect's baseline rate minus this
     health_z: float = 1.645  # one-sided Wilson bound used on recent candidate outcomes
+    # A candidate must *prove* health since the degradation began, not merely not look bad:
+    # this many outcomes since `since` whose lower bound reaches proof_floor. Without it, an
+    # issuer-wide outage (every route degraded) got a probe on its first, single-cell hypothesis,
+    # before the other cells had alarmed (measured by `rakshit bench healing`).
+    proof_min_obs: int = 20
+    proof_floor: float = 0.65
     prior_rate: float = 0.85  # prior delivered rate of a cell never observed
     prior_weight: float = 10.0  # pseudo-outcomes behind that prior
     experience_weight: float = 5.0  # pseudo-outcomes per past experiment won/lost on a cell
@@ -439,6 +445,15 @@ class Pilot:
                         f"(upper bound {upper:.3f} < {threshold:.3f})")
         if stats["n"] >= cfg.health_min_obs and stats["s"] / stats["n"] < threshold:
             return f"long-run delivered rate {stats['s'] / stats['n']:.3f} < {threshold:.3f}"
+        if cfg.proof_min_obs <= 0:  # proof switched off (tests of other rules)
+            return None
+        if len(recent) < cfg.proof_min_obs:
+            return (f"not yet proven healthy: {len(recent)} outcomes since the degradation began, "
+                    f"{cfg.proof_min_obs} needed")
+        lower = _wilson_lower(sum(recent) / len(recent), len(recent), cfg.health_z)
+        if lower < cfg.proof_floor:
+            return (f"not proven healthy: delivered {sum(recent)}/{len(recent)} since the "
+                    f"degradation began (lower bound {lower:.3f} < {cfg.proof_floor:.3f})")
         return None
 
     def _score(self, route: str, issuer: str) -> float:

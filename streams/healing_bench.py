@@ -153,7 +153,8 @@ def draw(scenario: Scenario, seed: int) -> Attempts:
     rng = np.random.default_rng(seed)
     primary_share = PRIMARY_WEIGHT
     rates = [scenario.subject_rate / primary_share] + [
-        (scenario.subject_rate / primary_share if scenario.kind == "healthy" else BACKGROUND_RATE)
+        (scenario.subject_rate / primary_share if scenario.kind in ("healthy", "route-wide")
+         else BACKGROUND_RATE)
         for _ in OTHERS]
     times, issuers = [], []
     for idx, rate in enumerate(rates):

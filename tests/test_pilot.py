@@ -42,6 +42,10 @@ class JsonStore(MutableMapping[str, Any]):
         return len(self.data)
 
 
+# Most tests are about other rules: candidates need not prove health first (see the proof tests).
+NO_PROOF = PilotConfig(proof_min_obs=0)
+
+
 def hyp(hid: str = "h1", *, route: str = "A", issuer: str = "I", scope: str = "ROUTE_ISSUER",
         status: str = "OPEN", confidence: float = 0.99, at_ms: int = 0) -> dict[str, Any]:
     return {
@@ -94,7 +98,7 @@ def started(pilot: Pilot) -> tuple[list[Action], int]:
 
 
 def test_refuses_below_min_confidence() -> None:
-    pilot = Pilot(baseline=BASELINE)
+    pilot = Pilot(NO_PROOF, baseline=BASELINE)
     actions = pilot.on_hypothesis(hyp(confidence=0.5), 0)
     assert steps(actions) == ["REFUSED"]
     assert actions[0].record["guardrail"] == "min_confidence"
@@ -105,7 +109,7 @@ def test_refuses_below_min_confidence() -> None:
 
 
 def test_refuses_issuer_wide_without_touching_policy() -> None:
-    pilot = Pilot(baseline=BASELINE)
+    pilot = Pilot(NO_PROOF, baseline=BASELINE)
     actions = pilot.on_hypothesis(hyp(route="*", scope="ISSUER_WIDE"), 0)
     assert steps(actions) == ["REFUSED"] and actions[0].record["guardrail"] == "issuer_wide"
     assert policies(actions) == [] and pilot.version("I") == 0
@@ -116,7 +120,7 @@ def test_refuses_issuer_wide_without_touching_policy() -> None:
 
 
 def test_starts_experiment_with_probe_share() -> None:
-    pilot = Pilot(baseline=BASELINE)
+    pilot = Pilot(NO_PROOF, baseline=BASELINE)
     actions, _ = started(pilot)
     exp, pol = actions[0].record, policies(actions)[0]
     assert (exp["from_route"], exp["to_route"]) == ("A", "B")
@@ -128,7 +132,7 @@ def test_starts_experiment_with_probe_share() -> None:
 
 
 def test_expands_step_by_step_when_probe_is_better() -> None:
-    pilot = Pilot(baseline=BASELINE)
+    pilot = Pilot(NO_PROOF, baseline=BASELINE)
     actions, t = started(pilot)
     versions: list[int] = []
     shares: list[float] = []
@@ -151,7 +155,7 @@ def test_expands_step_by_step_when_probe_is_better() -> None:
 
 
 def test_rolls_back_on_harm_and_cools_down() -> None:
-    pilot = Pilot(baseline=BASELINE)
+    pilot = Pilot(NO_PROOF, baseline=BASELINE)
     actions, t = started(pilot)
     for _ in range(5):
         a1, t = feed(pilot, "B", "I", "0000000001", t)
@@ -169,7 +173,7 @@ def test_rolls_back_on_harm_and_cools_down() -> None:
 
 
 def test_restores_baseline_on_resolved() -> None:
-    pilot = Pilot(baseline=BASELINE)
+    pilot = Pilot(NO_PROOF, baseline=BASELINE)
     _, t = started(pilot)
     actions = pilot.on_hypothesis(hyp(status="RESOLVED"), t + 10)
     assert steps(actions) == ["RESTORED"]
@@ -179,7 +183,7 @@ def test_restores_baseline_on_resolved() -> None:
 
 
 def test_restores_when_control_arm_recovers() -> None:
-    pilot = Pilot(baseline=BASELINE)
+    pilot = Pilot(NO_PROOF, baseline=BASELINE)
     _, t = started(pilot)
     actions, t = feed(pilot, "A", "I", "1" * 400, t)
     assert steps(actions)[-1] == "RESTORED"
@@ -188,19 +192,19 @@ def test_restores_when_control_arm_recovers() -> None:
 
 def test_a_lucky_window_on_a_still_degraded_route_does_not_restore() -> None:
     """At 0.80 a 60-outcome window often reads >= 0.89; 400 at 0.80 never clears the bound."""
-    pilot = Pilot(baseline=BASELINE)
+    pilot = Pilot(NO_PROOF, baseline=BASELINE)
     _, t = started(pilot)
     actions, t = feed(pilot, "A", "I", "11110" * 80, t)
     assert "RESTORED" not in steps(actions)
 
 
 def test_never_shifts_onto_an_unhealthy_route() -> None:
-    pilot = Pilot(baseline=BASELINE)
+    pilot = Pilot(NO_PROOF, baseline=BASELINE)
     pilot.on_hypothesis(hyp("hb", route="B", confidence=0.3), 0)  # suspect, even if weakly
     actions = pilot.on_hypothesis(hyp(), 10)
     assert steps(actions) == ["STARTED"] and actions[0].record["to_route"] == "C"
     # C observed failing for issuer K, B has an open hypothesis: nowhere to go
-    pilot2 = Pilot(baseline=BASELINE)
+    pilot2 = Pilot(NO_PROOF, baseline=BASELINE)
     feed(pilot2, "C", "K", "0001000100", 0)
     pilot2.on_hypothesis(hyp("hb", route="B", issuer="K", confidence=0.3), 2000)
     refused = pilot2.on_hypothesis(hyp("ha", issuer="K"), 2000)
@@ -210,7 +214,7 @@ def test_never_shifts_onto_an_unhealthy_route() -> None:
 
 
 def test_probe_route_suspected_mid_experiment_is_rolled_back() -> None:
-    pilot = Pilot(baseline=BASELINE)
+    pilot = Pilot(NO_PROOF, baseline=BASELINE)
     _, t = started(pilot)
     actions = pilot.on_hypothesis(hyp("hb", route="B"), t + 10)
     assert steps(actions)[0] == "ROLLED_BACK"
@@ -218,7 +222,7 @@ def test_probe_route_suspected_mid_experiment_is_rolled_back() -> None:
 
 
 def test_max_concurrent_and_one_per_issuer() -> None:
-    pilot = Pilot(PilotConfig(max_concurrent_experiments=2), baseline=BASELINE)
+    pilot = Pilot(PilotConfig(max_concurrent_experiments=2, proof_min_obs=0), baseline=BASELINE)
     assert steps(pilot.on_hypothesis(hyp("h1", issuer="M"), 0)) == ["STARTED"]
     busy = pilot.on_hypothesis(hyp("h2", route="C", issuer="M"), 0)
     assert busy[0].record["guardrail"] == "one_experiment_per_issuer"
@@ -228,7 +232,7 @@ def test_max_concurrent_and_one_per_issuer() -> None:
 
 
 def test_route_wide_moves_each_issuer_within_capacity() -> None:
-    pilot = Pilot(baseline=BASELINE)
+    pilot = Pilot(NO_PROOF, baseline=BASELINE)
     actions = pilot.on_hypothesis(hyp("hw", scope="ROUTE_WIDE", issuer="*"), 0)
     assert steps(actions).count("STARTED") == 3
     assert [a.record["guardrail"] for a in actions if a.record.get("step") == "REFUSED"] == [
@@ -237,7 +241,7 @@ def test_route_wide_moves_each_issuer_within_capacity() -> None:
 
 
 def test_inconclusive_probe_is_concluded() -> None:
-    pilot = Pilot(baseline=BASELINE)
+    pilot = Pilot(NO_PROOF, baseline=BASELINE)
     _, t = started(pilot)
     actions = pilot.on_tick(t + 601_000)
     assert steps(actions) == ["CONCLUDED", "REFUSED"]  # the open hypothesis meets the cooldown
@@ -247,9 +251,9 @@ def test_inconclusive_probe_is_concluded() -> None:
 
 def test_state_survives_json_store_and_restart() -> None:
     store = JsonStore()
-    first = Pilot(baseline=BASELINE, store=store)
+    first = Pilot(NO_PROOF, baseline=BASELINE, store=store)
     _, t = started(first)
-    second = Pilot(baseline=BASELINE, store=store)  # a restarted worker on the same table
+    second = Pilot(NO_PROOF, baseline=BASELINE, store=store)  # a restarted worker on the same table
     assert second.active_experiments() == first.active_experiments()
     actions = second.on_hypothesis(hyp(status="RESOLVED"), t)
     assert steps(actions) == ["RESTORED"] and policies(actions)[0]["version"] == 2
@@ -257,7 +261,7 @@ def test_state_survives_json_store_and_restart() -> None:
 
 def test_deterministic() -> None:
     def run() -> list[Action]:
-        pilot = Pilot(baseline=BASELINE)
+        pilot = Pilot(NO_PROOF, baseline=BASELINE)
         rng = random.Random(7)
         out = pilot.on_hypothesis(hyp(), 0)
         for i in range(3000):
@@ -297,3 +301,17 @@ def test_false_expansion_rate_when_arms_are_equal() -> None:
                 expanded += 1
                 break
     assert expanded / runs <= 0.1
+
+
+def test_no_probe_until_the_alternative_proves_healthy() -> None:
+    """An issuer-wide outage starts as one cell's hypothesis: no probe onto routes that have not
+    shown health since the degradation began; a probe once one has."""
+    pilot = Pilot(baseline=BASELINE)
+    first = pilot.on_hypothesis(hyp(), 0)
+    assert steps(first) == ["REFUSED"] and first[0].record["guardrail"] == "no_healthy_alternative"
+    assert "not yet proven healthy" in first[0].record["reason"] and policies(first) == []
+    feed(pilot, "B", "I", "0101011010" * 2, 0)  # B at 0.5 since the degradation: never
+    assert steps(pilot.on_tick(2500)) == [] and pilot.policy("I") == BASELINE["I"]
+    feed(pilot, "C", "I", "1" * 20, 2500)  # C proves healthy
+    later = pilot.on_tick(5000)
+    assert steps(later) == ["STARTED"] and later[0].record["to_route"] == "C"

@@ -30,7 +30,7 @@ CONFIGS = (
                 control_share=0.0, cooldown_s=20.0, max_concurrent_experiments=2,
                 min_obs_per_arm=3, min_new_probe_obs=1, expand_interval_s=1.0,
                 test_interval_s=0.0, hold_interval_s=5.0, observe_interval_s=2.0,
-                max_probe_s=60.0, restore_window=8, health_min_obs=4),
+                max_probe_s=60.0, restore_window=8, health_min_obs=4, proof_min_obs=0),
 )
 CODEC = make_codec(None)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

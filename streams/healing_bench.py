@@ -42,6 +42,7 @@ LATENCY_SIGMA = 0.35
 TIMEOUT_MS = 3000.0
 PRIMARY_WEIGHT = 0.85  # baseline: 85% of an issuer's traffic on its primary route
 BACKGROUND_RATE = 2.0  # attempts/s per other issuer, so every cell is observed
+HISTORY_ATTEMPTS = 20_000  # attempts on the degraded cell before an outage starts
 
 # TARGETS.md §2: CUSUM worst-case delay (attempts) for 0.92 -> p1 at one false alarm per 30 days.
 LIMITS: dict[tuple[float, float], float] = {
@@ -111,9 +112,12 @@ def scenarios(month_rate: float = 0.5) -> list[Scenario]:
     out = []
     for p1 in (0.80, 0.70, 0.50):
         for rate in (10.0, 50.0, 200.0):
+            # The cell has history, as in production: at least 20,000 attempts before the outage
+            # (the Analyst's baseline estimate, and so its delay, depends on it).
+            warm = max(start, HISTORY_ATTEMPTS / rate)
             out.append(Scenario(f"outage {P0:.2f}->{p1:.2f} @{rate:.0f}/s", "outage",
-                                start + outage + 300.0, rate,
-                                Incident(one, start, start + outage, success=p1), p1=p1))
+                                warm + outage + 300.0, rate,
+                                Incident(one, warm, warm + outage, success=p1), p1=p1))
     out += [
         Scenario("latency spike x6 @50/s", "latency", 1500.0, 50.0,
                  Incident(one, start, start + outage, latency_factor=6.0)),

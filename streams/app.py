@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import faust
@@ -26,6 +27,7 @@ from prometheus_client import start_http_server
 
 from schemas.codec import make_codec
 from streams import metrics
+from streams.casework import CaseStage
 from streams.config import Settings
 from streams.models import build_pipeline
 from streams.processing import Admitted, Output, Processor, Source, internal_error
@@ -103,7 +105,8 @@ def create_app(settings: Settings) -> faust.App:
     outputs = {topic_name(t, settings.topic_prefix): raw_topic(t)
                for t in (Topic.DECISIONS, Topic.DEAD_LETTERS, Topic.SCORING,
                          Topic.ROUTE_OUTCOMES, Topic.HYPOTHESES, Topic.EXPERIMENTS,
-                         Topic.ROUTING_POLICY)}
+                         Topic.ROUTING_POLICY, Topic.CASE_COMMANDS, Topic.CASES, Topic.LABELS,
+                         Topic.AUDIT, Topic.NOTIFICATIONS)}
     # Changelogged state, recovered before a restarted worker processes anything. Card state
     # lives on the card's partition, terminal state on the terminal's (see streams.stages).
     card_table = app.Table("card-state", default=dict, partitions=settings.default_partitions)
@@ -115,6 +118,9 @@ def create_app(settings: Settings) -> faust.App:
     pilot_state = WriteBehind(app.Table("pilot-state", default=dict, partitions=1))
     routing = RoutingStage(codec, settings.topic_prefix, load_baseline(settings.routing_baseline),
                            analyst_state, pilot_state)
+    # Case state: one partition, written on each command (commands are rare; durability wins).
+    cases = CaseStage(codec, settings.topic_prefix, app.Table("case-book", partitions=1))
+    case_commands = raw_topic(Topic.CASE_COMMANDS)
     hypotheses_name = topic_name(Topic.HYPOTHESES, settings.topic_prefix)
     routing_inputs = app.topic(topic_name(Topic.ROUTE_OUTCOMES, settings.topic_prefix),
                                hypotheses_name, key_type=bytes, value_type=bytes,
@@ -211,6 +217,8 @@ def create_app(settings: Settings) -> faust.App:
                 except Exception as again:
                     verdict = admission.dead_letter(raw, source, internal_error(again))
             await send(verdict)
+            if verdict.opens_case:
+                await send(cases.open_case(verdict, datetime.now(UTC)))
 
     @app.agent(outcomes, name="observe-outcomes", concurrency=1)
     async def observe_outcomes(stream: faust.StreamT[bytes]) -> None:
@@ -231,6 +239,20 @@ def create_app(settings: Settings) -> faust.App:
                 await send(routing.hand_over(admitted_raw))
             for event in events:
                 mark_finished(app, event)
+
+    @app.agent(case_commands, name="cases", concurrency=1)
+    async def case_agent(stream: faust.StreamT[bytes]) -> None:
+        """The case book's single writer: commands applied in log order (see streams.casework)."""
+        async for event in finishing(app, stream):
+            source = source_of(event)
+            raw = event.message.value or b""
+            try:
+                outs = cases.on_command(raw)
+            except Exception as exc:  # keep the command and the reason; the queue keeps moving
+                log.exception("case command failed")
+                outs = [admission.dead_letter(raw, source, internal_error(exc))]
+            for out in outs:
+                await send(out)
 
     @app.agent(routing_inputs, name="routing", concurrency=1)
     async def routing_agent(stream: faust.StreamT[bytes]) -> None:

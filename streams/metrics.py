@@ -51,3 +51,8 @@ EXPERIMENT_STEPS = Counter("rakshit_experiment_steps",
 POLICY_CHANGES = Counter("rakshit_policy_changes", "Routing-policy versions published, by issuer.",
                          ["issuer"])
 ACTIVE_EXPERIMENTS = Gauge("rakshit_active_experiments", "Pilot experiments in progress.")
+CASE_ACTIONS = Counter("rakshit_case_actions", "Case commands applied, by kind and outcome.",
+                       ["command", "outcome"])
+CASE_QUEUE = Gauge("rakshit_case_queue", "Cases open or claimed, not yet resolved.")
+CASE_OLDEST_S = Gauge("rakshit_case_oldest_open_seconds",
+                      "Age of the oldest unresolved case, in seconds.")

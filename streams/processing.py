@@ -41,6 +41,7 @@ class Output:
     topic: str
     key: bytes
     value: bytes
+    opens_case: bool = False  # a REVIEW verdict: the case agent opens a case for it
 
 
 @dataclass(frozen=True)

@@ -239,4 +239,5 @@ class TerminalStage:
         source_ts = event["source_timestamp_ms"]
         if source_ts is not None:
             metrics.VERDICT_LATENCY.observe(max(0.0, now - source_ts / 1000.0))
-        return Output(self.decisions, tx["transaction_id"].encode(), value)
+        return Output(self.decisions, tx["transaction_id"].encode(), value,
+                      opens_case=parts.decision == "REVIEW")

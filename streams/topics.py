@@ -26,6 +26,9 @@ class Topic(StrEnum):
     DEAD_LETTERS = "dead-letters"
     SCORING = "scoring-by-terminal"
     ROUTE_OUTCOMES = "route-outcomes"
+    CASE_COMMANDS = "case-commands"
+    AUDIT = "audit"
+    NOTIFICATIONS = "notifications"
 
 
 @dataclass(frozen=True)
@@ -76,6 +79,14 @@ TOPICS: tuple[TopicSpec, ...] = (
     # Internal to the worker: admitted outcomes on one partition, so one Analyst sees every
     # route of an issuer and every issuer of a route (scope needs both) and one Pilot holds the
     # limits that span issuers (concurrent experiments).
+    # One partition: the case agent applies every command in log order, so two analysts
+    # claiming one case are decided by the log, and one case book holds every case.
+    TopicSpec(Topic.CASE_COMMANDS, "case_command", "case_id", 1, 30 * DAY_MS, False,
+              "Case commands: analysts' (from the API), OPEN per review verdict, DISPUTE."),
+    TopicSpec(Topic.AUDIT, "audit", "actor", 1, -1, False,
+              "Every case action and every refused attempt, kept forever."),
+    TopicSpec(Topic.NOTIFICATIONS, "notification", "card_token", None, 30 * DAY_MS, False,
+              "Customer notifications in plain words (no scores, no rule names)."),
     TopicSpec(Topic.ROUTE_OUTCOMES, "outcome_batch", "batch", 1, 1 * DAY_MS, False,
               "Worker-internal: admitted outcomes, batched, for the routing agent."),
 )

@@ -247,6 +247,8 @@ RECORDS: dict[str, Callable[[], dict[str, Any]]] = {
         "resolution": "FALSE_POSITIVE",
         "card_token": None,
         "until": None,
+        "transaction_id": None,
+        "verdict": None,
         "requested_at": T0 + timedelta(minutes=11),
     },
 }

@@ -1,0 +1,91 @@
+"""The case agent's glue (streams/casework.py) without a broker: a REVIEW verdict's OPEN command
+opens a case, analysts' commands in log order decide it, and each record lands on its topic."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from schemas.codec import make_codec
+from streams.casework import CaseStage, dispute_command
+from streams.processing import Output
+from streams.topics import Topic, topic_name
+from tests.test_codec import RECORDS
+
+CODEC = make_codec(None)
+T0 = datetime(2026, 11, 22, 9, 0, tzinfo=UTC)
+
+
+def review_verdict(decision: str = "REVIEW") -> dict[str, Any]:
+    v: dict[str, Any] = RECORDS["verdict"]()
+    v.update(decision=decision, is_override=False, overrides_verdict_id=None, decided_by="worker",
+             arm="CHAMPION")
+    return v
+
+
+def command(kind: str, actor: str, role: str, case_id: str, at: datetime,
+            **extra: Any) -> bytes:
+    record = {"command_id": f"{kind}-{actor}-{at.timestamp()}", "command": kind, "actor": actor,
+              "role": role, "reason": "checked with the cardholder", "case_id": case_id,
+              "expected_version": None, "resolution": None, "card_token": None, "until": None,
+              "transaction_id": None, "verdict": None, "requested_at": at} | extra
+    return CODEC.encode("case_command", record, topic="t.rakshit.case-commands")
+
+
+def decoded(outs: list[Output]) -> list[tuple[str, dict[str, Any]]]:
+    return [(o.topic, CODEC.decode(o.value, topic=o.topic).record) for o in outs]
+
+
+def opened(stage: CaseStage, verdict: dict[str, Any]) -> str:
+    raw = CODEC.encode("verdict", verdict, topic=stage.decisions)
+    out = stage.open_case(Output(stage.decisions, verdict["transaction_id"].encode(), raw,
+                                 opens_case=True), T0)
+    assert out.topic == topic_name(Topic.CASE_COMMANDS, "t.")
+    records = decoded(stage.on_command(out.value))
+    cases = [r for t, r in records if t.endswith(".cases")]
+    assert len(cases) == 1 and cases[0]["status"] == "OPEN"
+    assert stage.on_command(out.value) == []  # a re-delivered OPEN opens nothing twice
+    return str(cases[0]["case_id"])
+
+
+def test_a_review_verdict_opens_a_case_that_analysts_resolve_in_log_order() -> None:
+    stage = CaseStage(CODEC, "t.")
+    verdict = review_verdict()
+    case_id = opened(stage, verdict)
+    first = decoded(stage.on_command(command("CLAIM", "alice", "ANALYST", case_id, T0)))
+    second = decoded(stage.on_command(command("CLAIM", "bob", "ANALYST", case_id,
+                                              T0 + timedelta(milliseconds=1))))
+    assert [r["status"] for t, r in first if t.endswith(".cases")] == ["CLAIMED"]
+    refusals = [r for t, r in second if t.endswith(".audit")]
+    assert refusals and refusals[0]["outcome"] == "REFUSED" and refusals[0]["actor"] == "bob"
+    assert not [r for t, r in second if t.endswith(".cases")]  # bob did not win the case
+    done = decoded(stage.on_command(command("RESOLVE", "alice", "ANALYST", case_id,
+                                            T0 + timedelta(minutes=3),
+                                            resolution="CONFIRMED_FRAUD")))
+    topics = {t.rsplit(".", 1)[-1] for t, _ in done}
+    assert {"cases", "decisions", "labels", "audit"} <= topics
+    override = next(r for t, r in done if t.endswith(".decisions"))
+    assert override["is_override"] and override["overrides_verdict_id"] == verdict["verdict_id"]
+    assert override["decided_by"] == "alice" and override["decision"] == "DECLINE"
+    label = next(r for t, r in done if t.endswith(".labels"))
+    assert label["label"] == "FRAUD" and label["transaction_id"] == verdict["transaction_id"]
+
+
+def test_a_viewer_cannot_resolve_and_the_attempt_is_audited() -> None:
+    stage = CaseStage(CODEC, "t.")
+    case_id = opened(stage, review_verdict())
+    outs = decoded(stage.on_command(command("RESOLVE", "victor", "VIEWER", case_id, T0,
+                                            resolution="APPROVE")))
+    assert [(r["actor"], r["outcome"], r["refusal"]) for t, r in outs] == [
+        ("victor", "REFUSED", "FORBIDDEN")]
+
+
+def test_a_dispute_of_a_decline_opens_a_case() -> None:
+    stage = CaseStage(CODEC, "t.")
+    verdict = review_verdict("DECLINE")
+    raw = CODEC.encode("verdict", verdict, topic=stage.decisions)
+    cmd = dispute_command(raw, verdict["transaction_id"], "I made this payment", T0)
+    outs = decoded(stage.on_command(CODEC.encode("case_command", cmd, topic=stage.commands)))
+    cases = [r for t, r in outs if t.endswith(".cases")]
+    assert cases and cases[0]["opened_by"] == "DISPUTE"
+    assert any(t.endswith(".notifications") for t, _ in outs)

@@ -10,6 +10,8 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 ARGS   ?=
 
+CHROMIUM := /usr/bin/chromium
+
 .PHONY: setup demo test lint unit broker-stop clean
 
 $(STAMP): pyproject.toml
@@ -27,7 +29,13 @@ lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/mypy streams agents scoring schemas infra
 
-test: lint
+# The dashboard's browser tests drive Debian's chromium (Playwright never downloads a browser).
+$(CHROMIUM):
+	@echo "installing Debian's chromium for the dashboard's browser tests"
+	if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium; \
+	else sudo apt-get update -qq && sudo apt-get install -y -qq chromium; fi
+
+test: lint $(CHROMIUM)
 	$(BIN)/pytest $(ARGS)
 
 unit: setup

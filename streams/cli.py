@@ -89,6 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="healing: one scenario kind (outage, latency, ..., healthy) or name")
     bench.add_argument("--summary-json", type=Path, default=None)
 
+    api = sub.add_parser("api", help="the analysts' and SREs' HTTP API and live dashboard")
+    api.add_argument("--host", default="127.0.0.1")
+    api.add_argument("--port", type=int, default=8080)
+    api.add_argument("--tokens", type=Path, default=None,
+                     help="JSON token -> {user, role}; default RAKSHIT_HOME/api-tokens.json, "
+                          "made with one token per role if missing")
+
     demo = sub.add_parser("demo", help="broker, topics, worker and simulator, with a summary")
     demo.add_argument("--duration", type=float, default=20.0)
     demo.add_argument("--rate", type=float, default=200.0)
@@ -105,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
                       help="wall seconds into the run an outage scenario degrades (default 40%%)")
     demo.add_argument("--outage-duration", type=float, default=None,
                       help="wall seconds the outage lasts (default 30%% of the run)")
+    demo.add_argument("--api-port", type=int, default=0, help="dashboard port (0: a free one)")
+    demo.add_argument("--hold", type=float, default=0.0,
+                      help="seconds to keep the worker and dashboard up after the traffic")
     demo.add_argument("--summary-json", type=Path, default=None)
     demo.add_argument("--keep-broker", action="store_true",
                       help="leave a broker the demo started running afterwards")
@@ -239,13 +249,24 @@ def main(argv: list[str] | None = None) -> int:
             args.summary_json.write_text(json.dumps(result, indent=2) + "\n")
         return 0
 
+    if args.command == "api":
+        from streams.admin import ensure_topics
+        from streams.broker import ensure_broker
+        from streams.opsserver import run_api
+
+        ensure_broker(settings)
+        ensure_topics(settings)
+        run_api(settings, args.host, args.port, args.tokens)
+        return 0
+
     if args.command == "demo":
         from streams.demo import DemoOptions, run_demo
 
         summary = run_demo(settings, DemoOptions(
             duration_s=args.duration, rate=args.rate, scenario=args.scenario, seed=args.seed,
             keep_broker=args.keep_broker, speedup=args.speedup, bad_records=args.bad_records,
-            outage_start_s=args.outage_start, outage_duration_s=args.outage_duration))
+            outage_start_s=args.outage_start, outage_duration_s=args.outage_duration,
+            api_port=args.api_port, hold_s=args.hold))
         if args.summary_json:
             args.summary_json.parent.mkdir(parents=True, exist_ok=True)
             args.summary_json.write_text(json.dumps(summary, indent=2) + "\n")

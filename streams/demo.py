@@ -25,9 +25,10 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from schemas.codec import make_codec
-from streams.admin import delete_run_topics, end_offsets, ensure_topics
+from streams.admin import delete_run_topics, end_offsets, ensure_topics, free_port
 from streams.broker import embedded_broker, ensure_broker
 from streams.config import Settings
+from streams.opsserver import ensure_tokens, tokens_path
 from streams.routing import write_baseline
 from streams.simulator.population import build_population
 from streams.simulator.scenarios import get_scenario
@@ -50,6 +51,8 @@ class DemoOptions:
     # detectors once its baseline holds 1,000 attempts, so the outage must not start at once.
     outage_start_s: float | None = None
     outage_duration_s: float | None = None
+    api_port: int = 0  # 0: a free port
+    hold_s: float = 0.0  # keep worker and dashboard up this long after the traffic
 
 
 def outage_window(options: DemoOptions) -> tuple[float, float]:
@@ -223,6 +226,28 @@ def start_worker(settings: Settings, log_name: str,
     return proc, str(log_path)
 
 
+def start_api(settings: Settings, port: int) -> tuple[subprocess.Popen[bytes], str]:
+    """`rakshit api` as its own process; returns once the page answers."""
+    log_path = settings.home / "logs" / "demo-api.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "api", "--port", str(port)],
+                                stdout=log, stderr=subprocess.STDOUT,
+                                env={**os.environ, **settings.to_env()}, start_new_session=True)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the API exited with {proc.returncode}; see {log_path}")
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return proc, url
+        except OSError:
+            time.sleep(0.2)
+    stop_process(proc)
+    raise RuntimeError(f"the API did not answer on {url} within 60 s; see {log_path}")
+
+
 def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
     if proc.poll() is not None:
         return
@@ -323,10 +348,18 @@ def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
     outage_start, outage_length = outage_window(options)
 
     worker, worker_log = start_worker(settings, "demo-worker.log")
+    api: subprocess.Popen[bytes] | None = None
+    api_url = ""
     try:
         print(f"worker: pid {worker.pid}, log {worker_log}; waiting until it has recovered "
               "its tables...", flush=True)
         wait_until_ready(settings, worker)
+        api, api_url = start_api(settings, options.api_port or free_port())
+        tokens = ensure_tokens(settings)
+        print(f"dashboard: {api_url} (up while the demo runs; tokens in "
+              f"{tokens_path(settings)}):", flush=True)
+        for token, who in tokens.items():
+            print(f"  {who['role']:8} {who['user']:14} {token}", flush=True)
         collector = VerdictCollector(settings, end_offsets(settings, decisions))
         collector.start()
         collector.ready.wait(10)
@@ -360,6 +393,11 @@ def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
         routing = routing_summary(read_routing(settings, routing_start), int(event_start_ms),
                                   options.speedup)
     finally:
+        if options.hold_s > 0 and api is not None:
+            print(f"holding {options.hold_s:.0f}s for the dashboard ({api_url})...", flush=True)
+            time.sleep(options.hold_s)
+        if api is not None:
+            stop_process(api)
         stop_process(worker)
         if options.keep_broker:
             print(f"broker: left running with this demo's topics ({tag}.*): "
@@ -393,6 +431,7 @@ def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
         "outage_wall_s": [outage_start, outage_start + outage_length]
         if get_scenario(options.scenario).outage else None,
         "routing": routing,
+        "dashboard": api_url,
         "worker_log": worker_log,
     }
     print_summary(summary)

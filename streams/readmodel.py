@@ -73,6 +73,7 @@ def _verdict_brief(v: Mapping[str, Any], top: int = 3) -> Record:
         "fallbacks": list(v.get("fallbacks") or []),
         "decided_at": v.get("decided_at"), "is_override": v.get("is_override", False),
         "decided_by": v.get("decided_by", "worker"),
+        "overrides_verdict_id": v.get("overrides_verdict_id"),
     }
 
 

@@ -103,6 +103,9 @@ class AnalystConfig:
     baseline_margin_sd: float = 1.0
     reference_success: float = 0.92
     design_success: tuple[float, ...] = (0.80, 0.70, 0.50)
+    # Lorden's bound undershoots each design's true ARL by this factor (agents/calibration.py;
+    # `python -m agents.calibration` measured 27, 12-13 and 6-8 at p0 = 0.92): h = ln(N / A).
+    arl_factors: tuple[float, ...] = (25.0, 11.0, 5.0)
     soft_shift: float = 0.10  # design surge: soft-decline share up by this much
     latency_quantile: float = 0.95
     latency_shift: float = 0.25  # design spike: share slower than baseline p95 up by this much
@@ -118,6 +121,8 @@ class AnalystConfig:
         if not self.design_success or not all(
                 0.0 < d < self.reference_success for d in self.design_success):
             raise ValueError("design_success must be non-empty and below reference_success")
+        if len(self.arl_factors) != len(self.design_success) or min(self.arl_factors) < 1.0:
+            raise ValueError("arl_factors needs one factor >= 1 per design_success")
 
     @property
     def detectors(self) -> int:
@@ -379,7 +384,7 @@ class Analyst:
         par, m = st["par"], len(self._design_ratio)
         if st["alarm"] is not None:  # baselines frozen; only h follows the rate
             for j in range(m + 2):
-                par[_D * j + 2] = h
+                par[_D * j + 2] = self._h(h, j)
             return
         base = st["base"]
         if base[0] > cfg.baseline_memory:
@@ -388,11 +393,17 @@ class Analyst:
         n = base[0]
         q0 = min(0.5, _upper(base[1] / n, n, cfg.baseline_margin_sd))
         for j, ratio in enumerate(self._design_ratio):
-            par[_D * j:_D * j + _D] = _cusum_params(q0, 1 - (1 - q0) * ratio, h)
+            par[_D * j:_D * j + _D] = _cusum_params(q0, 1 - (1 - q0) * ratio, self._h(h, j))
         s0 = min(0.5, max(1e-3, _upper(base[2] / n, n, cfg.baseline_margin_sd)))
         par[_D * m:_D * m + _D] = _cusum_params(s0, min(0.95, s0 + cfg.soft_shift), h)
         self._refresh_latency(st, h)
         st["armed"] = n >= cfg.min_baseline_attempts
+
+    def _h(self, h: float, detector: int) -> float:
+        """The failure detectors' thresholds carry their measured ARL factor; the soft-decline
+        and latency detectors keep Lorden's h (their step sizes vary with learned baselines)."""
+        factors = self.config.arl_factors
+        return max(1.0, h - math.log(factors[detector])) if detector < len(factors) else h
 
     def _refresh_latency(self, st: dict[str, Any], h: float) -> None:
         cfg = self.config

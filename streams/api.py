@@ -32,6 +32,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from agents.cases import MAX_WHITELIST, RESOLUTIONS, ROLES, SLA
+from schemas.codec import make_codec
 from schemas.pan import luhn_valid, redact_text
 from streams.readmodel import ReadModel, jsonable
 
@@ -198,6 +199,10 @@ ROUTES: tuple[_Route, ...] = (
       for verb in ("claim", "release", "resolve")),
     _Route("POST", "/api/whitelist", "whitelist", "analyst", "Trust a card until a time",
            body="WhitelistBody", ok=_COMMAND_OK),
+    _Route("POST", "/api/disputes", "disputes", "analyst",
+           "File a customer's dispute of a declined payment: opens (or reopens) its case",
+           body="DisputeBody", ok=_COMMAND_OK,
+           extra={404: "No recent verdict for that transaction"}),
     _Route("GET", "/api/hypotheses", "hypotheses", "viewer", "Open hypotheses",
            query=(_Param("all", {"type": "string", "enum": ["0", "1", "true", "false"]},
                          "Also the recent ones, resolved included."),)),
@@ -237,6 +242,10 @@ _COMPONENTS: Record = {
                                        "expected_version": {"type": "integer", "minimum": 0},
                                        "resolution": {"type": "string",
                                                       "enum": list(RESOLUTIONS)}}},
+        "DisputeBody": {"type": "object", "required": ["transaction_id", "reason"],
+                        "additionalProperties": False,
+                        "properties": {"transaction_id": {"type": "string", "minLength": 1},
+                                       "reason": {"type": "string", "minLength": 1}}},
         "WhitelistBody": {"type": "object", "required": ["card_token", "until", "reason"],
                           "additionalProperties": False,
                           "properties": {"card_token": {"type": "string", "minLength": 1},
@@ -351,6 +360,8 @@ class _Api:
         self.streams: set[asyncio.Queue[dict[str, Any]]] = set()
         self.page_bytes = DASHBOARD.read_bytes()
         self.routes = {(r.method, r.path): r for r in ROUTES}
+        # A disputed verdict travels in the command exactly as the worker's codec reads it.
+        self.codec = make_codec(None)
 
     # -- guards
 
@@ -463,6 +474,24 @@ class _Api:
             raise _invalid("until", f"at most {MAX_WHITELIST.days} days ahead")
         return await self._publish(request, "WHITELIST", card_token=card.strip(), reason=reason,
                                    until=until.astimezone(UTC))
+
+    async def disputes(self, request: web.Request) -> web.Response:
+        """The customer's channel (an agent on the phone, a form) files the dispute; the case
+        agent opens or reopens the case with a deadline and tells the customer it arrived."""
+        body = await _body(request, {"transaction_id", "reason"})
+        tx_id = body.get("transaction_id")
+        if not isinstance(tx_id, str) or not tx_id.strip():
+            raise _invalid("transaction_id", "required: the disputed payment's transaction id")
+        reason = _reason(body)
+        verdict = self.model.latest_verdict(tx_id.strip())
+        if verdict is None:
+            raise ApiError(404, "NOT_FOUND", f"no recent verdict for transaction {tx_id!r}")
+        if verdict.get("decision") != "DECLINE":
+            raise _invalid("transaction_id", "only a declined payment can be disputed "
+                                             f"(this one is {verdict.get('decision')})")
+        raw = self.codec.encode("verdict", verdict, topic="verdicts")
+        return await self._publish(request, "DISPUTE", transaction_id=tx_id.strip(),
+                                   verdict=raw, reason=reason)
 
     # -- reads
 

@@ -217,6 +217,8 @@ def create_app(settings: Settings) -> faust.App:
                 except Exception as again:
                     verdict = admission.dead_letter(raw, source, internal_error(again))
             await send(verdict)
+            for follow_up in verdict.follow_ups:
+                await send(follow_up)
             if verdict.opens_case:
                 await send(cases.open_case(verdict, datetime.now(UTC)))
 

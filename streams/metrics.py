@@ -56,3 +56,6 @@ CASE_ACTIONS = Counter("rakshit_case_actions", "Case commands applied, by kind a
 CASE_QUEUE = Gauge("rakshit_case_queue", "Cases open or claimed, not yet resolved.")
 CASE_OLDEST_S = Gauge("rakshit_case_oldest_open_seconds",
                       "Age of the oldest unresolved case, in seconds.")
+GUARDRAIL_FAILURES = Counter("rakshit_guardrail_failures",
+                             "Guardrail checks that failed on a verdict, by check name.",
+                             ["check"])

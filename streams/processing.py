@@ -42,6 +42,7 @@ class Output:
     key: bytes
     value: bytes
     opens_case: bool = False  # a REVIEW verdict: the case agent opens a case for it
+    follow_ups: tuple[Output, ...] = ()  # sent right after this one (a customer notification)
 
 
 @dataclass(frozen=True)

@@ -210,6 +210,15 @@ class ReadModel:
             self._by_card.popitem(last=False)
         return brief
 
+    def latest_verdict(self, transaction_id: str) -> Record | None:
+        """The newest verdict on a payment still indexed (an override if there is one), as
+        decoded; feature values are not kept here (they stay on the decision topic)."""
+        with self._lock:
+            for rec in reversed(self._verdict_by_id.values()):
+                if rec.get("transaction_id") == transaction_id:
+                    return dict(rec)
+        return None
+
     def _case(self, rec: Record) -> Record | None:
         case_id = str(rec.get("case_id"))
         old = self._cases.get(case_id)

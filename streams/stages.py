@@ -145,6 +145,7 @@ class TerminalStage:
     def __post_init__(self) -> None:
         self.decisions = topic_name(Topic.DECISIONS, self.prefix)
         self.internal = topic_name(Topic.SCORING, self.prefix)
+        self.notifications = topic_name(Topic.NOTIFICATIONS, self.prefix)
 
     def decode(self, raw: bytes) -> dict[str, Any]:
         return self.codec.decode(raw, topic=self.internal, expect="scoring_event").record
@@ -236,8 +237,28 @@ class TerminalStage:
         metrics.VERDICTS.labels(parts.decision).inc()
         for fallback in parts.fallbacks:
             metrics.FALLBACKS.labels(fallback).inc()
+        for check in parts.guardrails:
+            if not check.passed:
+                metrics.GUARDRAIL_FAILURES.labels(check.name).inc()
         source_ts = event["source_timestamp_ms"]
         if source_ts is not None:
             metrics.VERDICT_LATENCY.observe(max(0.0, now - source_ts / 1000.0))
         return Output(self.decisions, tx["transaction_id"].encode(), value,
-                      opens_case=parts.decision == "REVIEW")
+                      opens_case=parts.decision == "REVIEW",
+                      follow_ups=self._notify(record, parts.customer_message))
+
+    def _notify(self, verdict: Mapping[str, Any], message: str) -> tuple[Output, ...]:
+        """Declined and reviewed payments: the customer hears why in plain words (the decision
+        agent's message: no scores, no rule names). Approvals need no message."""
+        kind = {"DECLINE": "PAYMENT_DECLINED", "REVIEW": "PAYMENT_UNDER_REVIEW"}.get(
+            verdict["decision"])
+        if kind is None:
+            return ()
+        record = {
+            "notification_id": f"n-{verdict['verdict_id']}",
+            "transaction_id": verdict["transaction_id"], "card_token": verdict["card_token"],
+            "kind": kind, "message": message,
+            "case_id": f"case-{verdict['verdict_id']}" if kind == "PAYMENT_UNDER_REVIEW" else None,
+            "verdict_id": verdict["verdict_id"], "created_at": verdict["decided_at"]}
+        value = self.codec.encode("notification", record, topic=self.notifications)
+        return (Output(self.notifications, verdict["card_token"].encode(), value),)

@@ -421,3 +421,30 @@ def test_auth_configuration_is_checked(tmp_path: Any) -> None:
         except ValueError:
             continue
         raise AssertionError(f"accepted {bad}")
+
+
+def test_dispute_of_a_decline_carries_the_verdict_to_the_case_worker() -> None:
+    async def scenario(client: Any, sink: FakeSink, model: ReadModel) -> None:
+        model.apply("verdict", verdict(20, "tok_carol", "DECLINE"))
+        resp = await client.post("/api/disputes", headers=auth("ta"),
+                                 json={"transaction_id": "tx-20", "reason": "I bought this"})
+        assert resp.status == 202
+        (cmd,) = sink.commands
+        assert (cmd["command"], cmd["transaction_id"], cmd["actor"]) == ("DISPUTE", "tx-20",
+                                                                          "alice")
+        codec = make_codec(None)
+        carried = codec.decode(cmd["verdict"], topic="t", expect="verdict").record
+        assert carried["verdict_id"] == "v-20" and carried["decision"] == "DECLINE"
+        codec.encode("case_command", cmd, topic="t")
+        approved = await client.post("/api/disputes", headers=auth("ta"),
+                                     json={"transaction_id": "tx-1", "reason": "why?"})
+        assert approved.status == 400
+        assert (await approved.json())["error"]["field"] == "transaction_id"
+        unknown = await client.post("/api/disputes", headers=auth("ta"),
+                                    json={"transaction_id": "tx-404", "reason": "why?"})
+        assert unknown.status == 404
+        viewer = await client.post("/api/disputes", headers=auth("tv"),
+                                   json={"transaction_id": "tx-20", "reason": "mine"})
+        assert viewer.status == 403 and len(sink.commands) == 1
+
+    run(scenario)

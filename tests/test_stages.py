@@ -69,9 +69,26 @@ def _run(card_stage: CardStage, terminal_stage: TerminalStage, txs: list[dict[st
         event = terminal_stage.decode(hand.value)
         term = event["terminal_id"]
         terminals[term], out = terminal_stage.decide(terminals.get(term), event, 0.0)
-        verdicts.append(terminal_stage.codec.decode(out.value, topic=out.topic,
-                                                    expect="verdict").record)
+        verdict = terminal_stage.codec.decode(out.value, topic=out.topic,
+                                              expect="verdict").record
+        _check_notification(terminal_stage, verdict, out)
+        verdicts.append(verdict)
     return verdicts
+
+
+def _check_notification(stage: TerminalStage, verdict: dict[str, Any], out: Any) -> None:
+    """A declined or reviewed payment tells the customer, in the verdict's plain words."""
+    if verdict["decision"] == "APPROVE":
+        assert out.follow_ups == ()
+        return
+    (note,) = out.follow_ups
+    record = stage.codec.decode(note.value, topic=note.topic, expect="notification").record
+    assert note.topic.endswith("notifications") and note.key == verdict["card_token"].encode()
+    assert record["message"] == verdict["customer_message"]
+    assert record["kind"] == {"DECLINE": "PAYMENT_DECLINED",
+                              "REVIEW": "PAYMENT_UNDER_REVIEW"}[verdict["decision"]]
+    assert str(verdict["score"]) not in record["message"]
+    assert out.opens_case == (verdict["decision"] == "REVIEW")
 
 
 def _offline(txs: list[dict[str, Any]], fraud_ids: set[str]) -> list[dict[str, float]]:

@@ -59,3 +59,6 @@ CASE_OLDEST_S = Gauge("rakshit_case_oldest_open_seconds",
 GUARDRAIL_FAILURES = Counter("rakshit_guardrail_failures",
                              "Guardrail checks that failed on a verdict, by check name.",
                              ["check"])
+DRIFT_PSI = Gauge("rakshit_drift_psi",
+                  "Population stability index against the champion's training baseline, per "
+                  "feature and for the score (0.1: watch, 0.25: act).", ["feature"])

@@ -146,6 +146,7 @@ class TerminalStage:
         self.decisions = topic_name(Topic.DECISIONS, self.prefix)
         self.internal = topic_name(Topic.SCORING, self.prefix)
         self.notifications = topic_name(Topic.NOTIFICATIONS, self.prefix)
+        self._drift_reported: object = None
 
     def decode(self, raw: bytes) -> dict[str, Any]:
         return self.codec.decode(raw, topic=self.internal, expect="scoring_event").record
@@ -190,6 +191,7 @@ class TerminalStage:
                             for a in event["card_amount_history"]],
         )
         parts = self.pipeline.decide(tx, row if stale is None else None, context)
+        self._report_drift()
         self.watermark_ms = max(self.watermark_ms, t_ms)
         self._remember(tx["transaction_id"], row, parts.score)
         self._learn_due()
@@ -206,6 +208,14 @@ class TerminalStage:
                                   cached_features=None, cached_at_ms=None, amount_history=[])
         parts = self.pipeline.decide(tx, None, context)
         return self.verdict(tx, parts, {}, started, event)
+
+    def _report_drift(self) -> None:
+        """The evaluator recomputes PSI every so many verdicts; publish each new report once."""
+        drift = self.pipeline.evaluator.latest_drift
+        if drift is not None and drift is not self._drift_reported:
+            self._drift_reported = drift
+            for name, d in drift.items():
+                metrics.DRIFT_PSI.labels(name).set(d.psi)
 
     def _remember(self, tx_id: str, row: dict[str, float], score: float) -> None:
         self.scored[tx_id] = ScoredTransaction(row, score)

@@ -33,15 +33,17 @@ EXPECTED_SERVICES = {"kafka", *PROJECT_SERVICES, "prometheus", "grafana"}
 
 # Every metric the worker exports (streams/metrics.py), as Prometheus names.
 HISTOGRAM = "rakshit_verdict_latency_seconds"
-WORKER_METRICS = {
-    "rakshit_events_in_total",
-    "rakshit_events_out_total",
-    "rakshit_dead_letters_total",
-    "rakshit_pan_redactions_total",
-    HISTOGRAM,
-    "rakshit_verdicts_total",
-    "rakshit_consumer_lag",
-}
+def _worker_metrics() -> set[str]:
+    """Every series name streams.metrics exposes (a counter's gets its _total suffix)."""
+    from prometheus_client.metrics import MetricWrapperBase
+
+    from streams import metrics
+
+    return {obj._name + ("_total" if obj._type == "counter" else "")
+            for obj in vars(metrics).values() if isinstance(obj, MetricWrapperBase)}
+
+
+WORKER_METRICS = _worker_metrics()
 HISTOGRAM_SERIES = {HISTOGRAM + suffix: HISTOGRAM for suffix in ("_bucket", "_sum", "_count")}
 
 # Words in a PromQL expression that are not metric names.

@@ -75,6 +75,11 @@ PROTECTED_ATTRIBUTES = (
     "age", "date_of_birth", "gender", "sex", "race", "ethnicity", "religion", "nationality",
     "marital_status", "disability", "pregnancy", "sexual_orientation", "caste",
 )
+# Names that match a protected term by token but are not about the person, each with its reason.
+# The list is short, reviewed and explicit: a match is excluded unless it is named here.
+NOT_PROTECTED = {
+    "account_age_days": "the age of the card as the gateways know it, not the cardholder's age",
+}
 
 
 @dataclass(frozen=True)
@@ -270,11 +275,16 @@ def _tokens(name: str) -> list[str]:
     return [t for t in re.split(r"[^0-9a-z]+", spaced.lower()) if t]
 
 
-def protected_in(feature_names: Iterable[str], protected: Iterable[str]) -> list[str]:
-    """Feature names that contain a protected attribute as whole consecutive tokens."""
+def protected_in(feature_names: Iterable[str], protected: Iterable[str],
+                 allowed: Iterable[str] = ()) -> list[str]:
+    """Feature names that contain a protected attribute as whole consecutive tokens (except the
+    reviewed names in ``allowed``)."""
     terms = [_tokens(p) for p in protected]
+    exempt = set(allowed)
     hits = []
     for name in feature_names:
+        if name in exempt:
+            continue
         tokens = _tokens(name)
         for term in terms:
             n = len(term)
@@ -375,6 +385,7 @@ class GuardrailConfig:
     screened_fields: tuple[str, ...] = ("merchant_name", "counterparty_name")
     structuring: StructuringConfig = field(default_factory=StructuringConfig)
     protected_attributes: tuple[str, ...] = PROTECTED_ATTRIBUTES
+    not_protected: tuple[str, ...] = tuple(NOT_PROTECTED)
     disparity: DisparityConfig = field(default_factory=DisparityConfig)
 
 
@@ -391,7 +402,8 @@ class Guardrail:
         """Protected attributes among a model's features (cached: a model's features are fixed)."""
         key = tuple(feature_names)
         if key not in self._model_checks:
-            hits = protected_in(key, self.config.protected_attributes)
+            hits = protected_in(key, self.config.protected_attributes,
+                                self.config.not_protected)
             self._model_checks[key] = (
                 Check("protected_attributes", False,
                       f"model uses protected attribute(s): {', '.join(hits)}", EXCLUDE_MODEL)
@@ -403,7 +415,8 @@ class Guardrail:
     def allowed_features(self, names: Iterable[str]) -> list[str]:
         """Names that are not protected attributes (what the online learner may see)."""
         names = list(names)
-        banned = set(protected_in(names, self.config.protected_attributes))
+        banned = set(protected_in(names, self.config.protected_attributes,
+                                  self.config.not_protected))
         return [n for n in names if n not in banned]
 
     def check_sanctions(self, tx: Mapping[str, Any]) -> Check:

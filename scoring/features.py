@@ -157,6 +157,12 @@ _GATEWAY = (
     FeatureSpec("cross_border_transaction_flag", "1 if the transaction's country differs from the "
                 "card's home country (the country of its earliest transaction seen); 0 when "
                 "either is unknown", ("gateway",), "card"),
+    FeatureSpec("account_age_days", "days since the card's earliest transaction seen (the "
+                "issuer's account-opening date is not in the stream, so this is the age of the "
+                "card as the gateways know it)", ("gateway",), "card"),
+    FeatureSpec("geo_distance_from_home", "great-circle km between the transaction and the "
+                "card's home location (where its earliest transaction with a location "
+                "happened); 0 when either is unknown", ("gateway",), "card"),
 )
 FEATURES: tuple[FeatureSpec, ...] = (*_baseline(), *_EXTRA, *_GATEWAY)
 
@@ -210,7 +216,8 @@ def _prune(columns: list[list[Any]], cutoff: int, cap: int) -> None:
 
 
 def card_observe(state: dict[str, Any] | None, tx_id: str, t_ms: int, amount: float,
-                 country: str | None = None) -> dict[str, Any]:
+                 country: str | None = None,
+                 geo: tuple[float, float] | None = None) -> dict[str, Any]:
     """Add a transaction to the card's state (once) and prune what no window can reach.
 
     The state holds three parallel columns sorted by (time, id): ``t`` (epoch ms), ``id`` and
@@ -228,6 +235,14 @@ def card_observe(state: dict[str, Any] | None, tx_id: str, t_ms: int, amount: fl
         home = state.get("home")
         if home is None or (t_ms, tx_id) < (home[0], home[1]):
             state["home"] = [t_ms, tx_id, country]
+    # Earliest-wins, like the home country: order-independent and kept past pruning.
+    first = state.get("first")
+    if first is None or (t_ms, tx_id) < (first[0], first[1]):
+        state["first"] = [t_ms, tx_id]
+    if geo is not None:
+        place = state.get("home_geo")
+        if place is None or (t_ms, tx_id) < (place[0], place[1]):
+            state["home_geo"] = [t_ms, tx_id, float(geo[0]), float(geo[1])]
     newest = max(t_ms, times[-1]) if times else t_ms
     cutoff = newest - CARD_HORIZON_MS
     if t_ms <= cutoff:
@@ -342,6 +357,34 @@ def cross_border(state: dict[str, Any], country: str | None) -> float:
     return 1.0 if home[2] != country else 0.0
 
 
+def account_age_days(state: dict[str, Any], t_ms: int) -> float:
+    """Days from the card's earliest transaction seen to t (0 for a card's first payment)."""
+    first = state.get("first")
+    return max(0.0, (int(t_ms) - first[0]) / DAY_MS) if first else 0.0
+
+
+EARTH_RADIUS_KM = 6371.0
+
+
+def geo_distance_from_home(state: dict[str, Any], geo: tuple[float, float] | None) -> float:
+    """Great-circle (haversine) km from the card's home location to this transaction."""
+    place = state.get("home_geo")
+    if geo is None or place is None:
+        return 0.0
+    lat1, lon1, lat2, lon2 = map(math.radians, (place[2], place[3], geo[0], geo[1]))
+    h = (math.sin((lat2 - lat1) / 2) ** 2
+         + math.cos(lat1) * math.cos(lat2) * math.sin((lon2 - lon1) / 2) ** 2)
+    return 2 * EARTH_RADIUS_KM * math.asin(min(1.0, math.sqrt(h)))
+
+
+def card_profile_features(state: dict[str, Any], t_ms: int, country: str | None,
+                          geo: tuple[float, float] | None) -> dict[str, float]:
+    """The card-profile features: where and since when the card is usually seen."""
+    return {"cross_border_transaction_flag": cross_border(state, country),
+            "account_age_days": account_age_days(state, t_ms),
+            "geo_distance_from_home": geo_distance_from_home(state, geo)}
+
+
 # -- terminal ----------------------------------------------------------------------------------
 
 
@@ -428,7 +471,8 @@ def terminal_features(state: dict[str, Any], t_ms: int) -> dict[str, float]:
 
 
 def row_features(card_state: dict[str, Any], terminal_state: dict[str, Any], t_ms: int,
-                 amount: float, country: str | None = None) -> dict[str, float]:
+                 amount: float, country: str | None = None,
+                 geo: tuple[float, float] | None = None) -> dict[str, float]:
     """Every feature of one transaction, read after it was observed in both states.
 
     The model picks its columns by name (``feature_names``); ``cross_border_transaction_flag``
@@ -441,7 +485,7 @@ def row_features(card_state: dict[str, Any], terminal_state: dict[str, Any], t_m
     row.update(_card_dict(window, t_ms))
     row.update(_amount_dict(window, amount))
     row.update(terminal_features(terminal_state, t_ms))
-    row["cross_border_transaction_flag"] = cross_border(card_state, country)
+    row.update(card_profile_features(card_state, t_ms, country, geo))
     return row
 
 

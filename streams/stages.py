@@ -61,10 +61,11 @@ class CardStage:
         """Update the card's state with this transaction; return (state, amounts, features)."""
         t_ms = event_millis(tx)
         amount = to_eur(tx["amount"], tx["currency"])
-        state = F.card_observe(state, tx["transaction_id"], t_ms, amount, tx.get("country"))
+        geo = (tx["geo"]["lat"], tx["geo"]["lon"]) if tx.get("geo") else None
+        state = F.card_observe(state, tx["transaction_id"], t_ms, amount, tx.get("country"), geo)
         row = F.card_features(state, t_ms)
         row.update(F.card_amount_features(state, t_ms, amount))
-        row["cross_border_transaction_flag"] = F.cross_border(state, tx.get("country"))
+        row.update(F.card_profile_features(state, t_ms, tx.get("country"), geo))
         amounts = record_amount(amounts, t_ms, tx["transaction_id"], float(tx["amount"]),
                                 tx["currency"])
         self._remember(tx["card_token"], row)

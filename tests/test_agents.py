@@ -448,6 +448,9 @@ def test_protected_attributes_match_whole_tokens() -> None:
     assert not guardrail.check_model(["amount", "customer_age"]).passed
     assert guardrail.check_model(list(NAMES)).passed
     assert guardrail.allowed_features(["amount", "gender"]) == ["amount"]
+    # Reviewed exemptions only: the card's account age passes, the cardholder's age never does.
+    assert guardrail.check_model(["amount", "account_age_days"]).passed
+    assert not guardrail.check_model(["account_age_days", "cardholder_age"]).passed
 
 
 def test_decline_disparity_flags_a_segment_declined_far_more_than_the_rest() -> None:

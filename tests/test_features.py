@@ -134,6 +134,23 @@ def test_home_country_is_the_earliest_transactions_even_when_it_arrives_late() -
     assert F.cross_border(state, None) == 0.0
 
 
+def test_account_age_and_home_location_are_the_earliest_transactions() -> None:
+    paris, berlin = (48.8566, 2.3522), (52.52, 13.405)
+    state = F.card_observe(None, "b", 10 * D, 5.0, geo=berlin)
+    assert F.account_age_days(state, 10 * D) == 0.0
+    assert F.geo_distance_from_home(state, paris) == pytest.approx(878, abs=5)
+    state = F.card_observe(state, "a", 4 * D, 5.0, geo=paris)  # earlier, arrives later
+    assert F.account_age_days(state, 10 * D) == 6.0
+    assert F.geo_distance_from_home(state, paris) == pytest.approx(0.0, abs=1e-9)
+    assert F.geo_distance_from_home(state, None) == 0.0
+    far = F.card_observe(None, "x", D, 1.0)  # no location ever: no distance, no guess
+    assert F.geo_distance_from_home(far, berlin) == 0.0
+    row = F.row_features(state, F.terminal_observe_tx(None, "a", 4 * D), 10 * D, 5.0,
+                         geo=berlin)
+    assert row["account_age_days"] == 6.0
+    assert row["geo_distance_from_home"] == pytest.approx(878, abs=5)
+
+
 # -- properties --------------------------------------------------------------------------------
 
 # Events within a few weeks, so windows, pruning and the caps all come into play; ids drawn from a

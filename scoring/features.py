@@ -157,6 +157,10 @@ _GATEWAY = (
     FeatureSpec("cross_border_transaction_flag", "1 if the transaction's country differs from the "
                 "card's home country (the country of its earliest transaction seen); 0 when "
                 "either is unknown", ("gateway",), "card"),
+    FeatureSpec("card_decline_rate_7d", "share of the card's authorization attempts in the "
+                "7 days before t that the issuer declined (issuer and soft declines over the "
+                "attempts the issuer answered), from the outcomes the worker has received when "
+                "it scores; 0 when none", ("gateway",), "card"),
     FeatureSpec("account_age_days", "days since the card's earliest transaction seen (the "
                 "issuer's account-opening date is not in the stream, so this is the age of the "
                 "card as the gateways know it)", ("gateway",), "card"),
@@ -357,6 +361,45 @@ def cross_border(state: dict[str, Any], country: str | None) -> float:
     return 1.0 if home[2] != country else 0.0
 
 
+DECLINES = frozenset({"ISSUER_DECLINE", "SOFT_DECLINE"})
+ANSWERED = DECLINES | {"APPROVED"}  # errors and timeouts say nothing about the card
+
+
+def card_outcome_observe(state: dict[str, Any] | None, tx_id: str, t_ms: int,
+                         result: str) -> dict[str, Any]:
+    """Add an authorization outcome to the card's decline history (once per transaction id;
+    only answers from the issuer count), pruned to the 7-day window plus lateness."""
+    if state is None:
+        state = {"t": [], "id": [], "d": []}
+    if result not in ANSWERED:
+        return state
+    times: list[int] = state["t"]
+    t_ms = int(t_ms)
+    newest = max(t_ms, times[-1]) if times else t_ms
+    cutoff = newest - 7 * DAY_MS - LATENESS_MS
+    if t_ms <= cutoff:
+        return state
+    at, present = _locate(times, state["id"], t_ms, tx_id)
+    if present:
+        return state
+    times.insert(at, t_ms)
+    state["id"].insert(at, tx_id)
+    state["d"].insert(at, 1 if result in DECLINES else 0)
+    _prune([times, state["id"], state["d"]], cutoff, MAX_CARD_ENTRIES)
+    return state
+
+
+def card_decline_rate(state: dict[str, Any] | None, t_ms: int) -> float:
+    """Declined share of the card's answered attempts with time in (t - 7 days, t)."""
+    if not state or not state["t"]:
+        return 0.0
+    times, t_ms = state["t"], int(t_ms)
+    lo = bisect.bisect_right(times, t_ms - 7 * DAY_MS)  # (t - 7 days, t), as pruning keeps
+    hi = bisect.bisect_left(times, t_ms)
+    n = hi - lo
+    return sum(state["d"][lo:hi]) / n if n else 0.0
+
+
 def account_age_days(state: dict[str, Any], t_ms: int) -> float:
     """Days from the card's earliest transaction seen to t (0 for a card's first payment)."""
     first = state.get("first")
@@ -472,7 +515,8 @@ def terminal_features(state: dict[str, Any], t_ms: int) -> dict[str, float]:
 
 def row_features(card_state: dict[str, Any], terminal_state: dict[str, Any], t_ms: int,
                  amount: float, country: str | None = None,
-                 geo: tuple[float, float] | None = None) -> dict[str, float]:
+                 geo: tuple[float, float] | None = None,
+                 outcomes: dict[str, Any] | None = None) -> dict[str, float]:
     """Every feature of one transaction, read after it was observed in both states.
 
     The model picks its columns by name (``feature_names``); ``cross_border_transaction_flag``
@@ -486,6 +530,7 @@ def row_features(card_state: dict[str, Any], terminal_state: dict[str, Any], t_m
     row.update(_amount_dict(window, amount))
     row.update(terminal_features(terminal_state, t_ms))
     row.update(card_profile_features(card_state, t_ms, country, geo))
+    row["card_decline_rate_7d"] = card_decline_rate(outcomes, t_ms)
     return row
 
 

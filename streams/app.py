@@ -26,11 +26,19 @@ import faust
 from prometheus_client import start_http_server
 
 from schemas.codec import make_codec
+from scoring import features as F
 from streams import metrics
 from streams.casework import CaseStage
 from streams.config import Settings
 from streams.models import build_pipeline
-from streams.processing import Admitted, Output, Processor, Source, internal_error
+from streams.processing import (
+    Admitted,
+    Output,
+    Processor,
+    Source,
+    event_millis,
+    internal_error,
+)
 from streams.routing import RoutingStage, load_baseline
 from streams.stages import CardStage, TerminalStage
 from streams.state import WriteBehind
@@ -166,8 +174,9 @@ def create_app(settings: Settings) -> faust.App:
             try:
                 stored = card_table[card]
                 state, amounts, row = card_stage.features(stored.get("features") or None, tx,
-                                                          stored.get("amounts", []))
-                card_table[card] = {"features": state, "amounts": amounts}
+                                                          stored.get("amounts", []),
+                                                          stored.get("outcomes"))
+                card_table[card] = {**stored, "features": state, "amounts": amounts}
                 stale = None
             except Exception:  # the feature store failed: decide on what we last knew
                 log.exception("card state unavailable for a transaction; using cached features")
@@ -222,25 +231,55 @@ def create_app(settings: Settings) -> faust.App:
             if verdict.opens_case:
                 await send(cases.open_case(verdict, datetime.now(UTC)))
 
+    # Outcomes: each one updates its card's decline history (the card's partition: outcomes are
+    # keyed by card like transactions) and joins a batch for the routing agent. An outcome counts
+    # as finished only once its batch is with the producer, so a crash never skips one.
+    batch: list[bytes] = []
+    batch_events: list[Any] = []
+    batch_started = [0.0]
+
+    async def flush_outcomes() -> None:
+        if not batch_events:
+            return
+        raws, events = list(batch), list(batch_events)
+        batch.clear()
+        batch_events.clear()
+        if raws:
+            await send(routing.hand_over(raws))
+        for done in events:  # in offset order, dead-lettered ones included
+            mark_finished(app, done)
+
     @app.agent(outcomes, name="observe-outcomes", concurrency=1)
     async def observe_outcomes(stream: faust.StreamT[bytes]) -> None:
-        """Admit outcomes and hand them to the routing agent in batches (one record per batch:
-        the hop exists for the routing loop's single partition, not for per-record work)."""
-        batches = stream.take_events(  # type: ignore[attr-defined]  # Stream has it, StreamT not
-            OUTCOME_BATCH, within=OUTCOME_BATCH_WITHIN_S)
-        async for events in batches:
-            admitted_raw = []
-            for event in events:
-                raw = event.message.value or b""
-                admitted = admission.admit(raw, source_of(event), "authorization_outcome")
-                if isinstance(admitted, Admitted):
-                    admitted_raw.append(raw)
-                else:
-                    await send(admitted)
-            if admitted_raw:
-                await send(routing.hand_over(admitted_raw))
-            for event in events:
-                mark_finished(app, event)
+        async for event in stream.events():
+            raw = event.message.value or b""
+            admitted = admission.admit(raw, source_of(event), "authorization_outcome")
+            if not batch_events:
+                batch_started[0] = time.monotonic()
+            if not isinstance(admitted, Admitted):
+                await send(admitted)
+                batch_events.append(event)  # after its dead letter is with the producer
+                continue
+            rec = admitted.record
+            try:
+                stored = card_table[rec["card_token"]]
+                card_table[rec["card_token"]] = {**stored, "outcomes": F.card_outcome_observe(
+                    stored.get("outcomes"), rec["transaction_id"], event_millis(rec),
+                    rec["result"])}
+            except Exception:  # the feature store failed: routing still gets the outcome
+                log.exception("card state unavailable for an outcome")
+                metrics.FEATURE_STORE_ERRORS.inc()
+            batch.append(raw)
+            batch_events.append(event)
+            if (len(batch_events) >= OUTCOME_BATCH
+                    or time.monotonic() - batch_started[0] >= OUTCOME_BATCH_WITHIN_S):
+                await flush_outcomes()
+
+    @app.timer(interval=OUTCOME_BATCH_WITHIN_S)  # type: ignore[untyped-decorator]
+    async def flush_outcome_batch() -> None:
+        """A lull must not hold outcomes back from the routing agent."""
+        if batch_events and time.monotonic() - batch_started[0] >= OUTCOME_BATCH_WITHIN_S:
+            await flush_outcomes()
 
     @app.agent(case_commands, name="cases", concurrency=1)
     async def case_agent(stream: faust.StreamT[bytes]) -> None:

@@ -57,8 +57,10 @@ class CardStage:
         self.topic = topic_name(Topic.SCORING, self.prefix)
 
     def features(self, state: dict[str, Any] | None, tx: Mapping[str, Any],
-                 amounts: list[Any]) -> tuple[dict[str, Any], list[Any], dict[str, float]]:
-        """Update the card's state with this transaction; return (state, amounts, features)."""
+                 amounts: list[Any], outcomes: dict[str, Any] | None = None,
+                 ) -> tuple[dict[str, Any], list[Any], dict[str, float]]:
+        """Update the card's state with this transaction; return (state, amounts, features).
+        ``outcomes`` is the card's authorization-outcome history (for its decline rate)."""
         t_ms = event_millis(tx)
         amount = to_eur(tx["amount"], tx["currency"])
         geo = (tx["geo"]["lat"], tx["geo"]["lon"]) if tx.get("geo") else None
@@ -66,6 +68,7 @@ class CardStage:
         row = F.card_features(state, t_ms)
         row.update(F.card_amount_features(state, t_ms, amount))
         row.update(F.card_profile_features(state, t_ms, tx.get("country"), geo))
+        row["card_decline_rate_7d"] = F.card_decline_rate(outcomes, t_ms)
         amounts = record_amount(amounts, t_ms, tx["transaction_id"], float(tx["amount"]),
                                 tx["currency"])
         self._remember(tx["card_token"], row)

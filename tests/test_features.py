@@ -296,3 +296,16 @@ def test_offline_features_are_cached_by_input_hash(tmp_path: Path,
 
     monkeypatch.setattr(F, "build_offline", no_rebuild)
     pd.testing.assert_frame_equal(F.offline_features(small, tmp_path / "cache"), built)
+
+
+def test_card_decline_rate_counts_only_the_issuers_answers_in_the_week_before() -> None:
+    state = None
+    for i, (day, result) in enumerate([(1, "APPROVED"), (2, "ISSUER_DECLINE"), (3, "TIMEOUT"),
+                                       (4, "SOFT_DECLINE"), (5, "ERROR")]):
+        state = F.card_outcome_observe(state, f"t{i}", day * D, result)
+    state = F.card_outcome_observe(state, "t1", 2 * D, "ISSUER_DECLINE")  # a repeat: no-op
+    assert F.card_decline_rate(state, 6 * D) == pytest.approx(2 / 3)  # days 1, 2, 4 answered
+    assert F.card_decline_rate(state, 1 * D) == 0.0  # nothing strictly before
+    state = F.card_outcome_observe(state, "t9", 9 * D, "APPROVED")
+    assert F.card_decline_rate(state, 9 * D) == pytest.approx(1.0)  # (2d, 9d): day 4, declined
+    assert F.card_decline_rate(None, 5 * D) == 0.0

@@ -23,12 +23,11 @@ from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from scoring.drift import Baseline, FeatureDrift, RollingMetrics, drift_report
+from scoring.drift import SCORE, Baseline, FeatureDrift, RollingMetrics, drift_report
 from scoring.explain import DEFAULT_TOLERANCE, consistency_gap
 
 __all__ = ["SCORE", "Evaluator", "ExplanationCheck", "LabelMetrics"]
 
-SCORE = "score"  # the name the score's own baseline and drift entry go by
 FLAGGED = ("REVIEW", "DECLINE")
 
 

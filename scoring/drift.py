@@ -36,6 +36,7 @@ from scoring import metrics
 
 __all__ = [
     "ACT",
+    "SCORE",
     "WATCH",
     "Baseline",
     "FeatureDrift",
@@ -52,6 +53,9 @@ ACT = 0.25
 # An empty bin would make ln(0) or a division by zero; flooring shares at this keeps PSI finite
 # while still counting a bin that emptied (or filled from nothing) as a large shift.
 _FLOOR = 1e-4
+
+
+SCORE = "score"  # the name the score's own baseline and drift entry go by
 
 
 @dataclass(frozen=True)

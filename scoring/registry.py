@@ -30,6 +30,7 @@ import lightgbm as lgb
 import numpy as np
 import numpy.typing as npt
 
+from scoring.drift import SCORE, Baseline
 from streams.config import Settings
 
 if TYPE_CHECKING:
@@ -89,6 +90,17 @@ def psi(baseline: Mapping[str, Sequence[float]], values: npt.ArrayLike,
     expected = np.maximum(np.asarray(baseline["proportions"]), floor)
     actual = np.maximum(np.asarray(proportions(baseline["edges"], values)), floor)
     return float(np.sum((actual - expected) * np.log(actual / expected)))
+
+
+def drift_baselines(meta: Mapping[str, Any]) -> dict[str, Baseline]:
+    """A registered model's training distributions as drift baselines, per feature and for the
+    score (under the evaluator's SCORE name)."""
+    found = {name: Baseline(name, tuple(b["edges"]), tuple(b["proportions"]))
+             for name, b in meta.get("feature_baselines", {}).items()}
+    score = meta.get("score_baseline")
+    if score:
+        found[SCORE] = Baseline(SCORE, tuple(score["edges"]), tuple(score["proportions"]))
+    return found
 
 
 @dataclass(frozen=True)

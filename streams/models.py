@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import logging
 
+from agents.evaluator import Evaluator
 from agents.pipeline import BoosterScorer, DecisionPipeline
 from agents.planner import ExperimentSplit, Planner
 from scoring.online import make_online
-from scoring.registry import LoadedModel, ModelRegistry
+from scoring.registry import LoadedModel, ModelRegistry, drift_baselines
 from scoring.rules import RuleEngine
 from streams.config import Settings
 
@@ -39,8 +40,12 @@ def build_pipeline(settings: Settings) -> DecisionPipeline:
     # cards between them (a hash of the card token, the same on every worker).
     split = ExperimentSplit(challenger_share=0.0 if shadow else serving.challenger_share,
                             shadow_share=1.0 if shadow else 0.0)
+    # Drift is watched against the champion's training distributions (PSI per feature and for
+    # the score), so a shifted population shows before the labels that would prove it arrive.
+    champion = serving.champion
+    evaluator = Evaluator(drift_baselines(champion.meta) if champion else None)
     return DecisionPipeline(
-        RuleEngine.from_file(), _scorer(serving.champion, "champion"),
+        RuleEngine.from_file(), _scorer(champion, "champion"),
         challenger=None if shadow else _scorer(challenger, "challenger"),
         shadow=_scorer(challenger, "shadow") if shadow else None,
-        online=make_online(), planner=Planner(split))
+        online=make_online(), planner=Planner(split), evaluator=evaluator)

@@ -133,7 +133,9 @@ class KafkaFeed(threading.Thread):
 
 async def serve(settings: Settings, host: str, port: int, auth: Auth,
                 ready: threading.Event | None = None) -> None:
+    from scoring.drift import Baseline
     from scoring.lifecycle import describe
+    from scoring.registry import drift_baselines
     from streams.models import registry_for
 
     def models() -> list[dict[str, Any]]:
@@ -142,8 +144,20 @@ async def serve(settings: Settings, host: str, port: int, auth: Auth,
         except Exception:  # no registry yet: the page says so rather than failing
             return []
 
+    registry = registry_for(settings)
+    cache: dict[str, dict[str, Baseline] | None] = {}
+
+    def baselines(version: str) -> dict[str, Baseline] | None:
+        """The model's training distributions, per feature and for the score (cached)."""
+        if version not in cache:
+            try:
+                cache[version] = drift_baselines(registry.meta(version))
+            except Exception:  # rules-only verdicts, or a model this registry does not hold
+                cache[version] = None
+        return cache[version]
+
     loop = asyncio.get_running_loop()
-    model = ReadModel(models=models)
+    model = ReadModel(models=models, baselines=baselines)
     feed = KafkaFeed(settings, model, loop)
     feed.start()
     runner = web.AppRunner(create_api(model, KafkaSink(settings), auth))

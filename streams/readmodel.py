@@ -21,6 +21,8 @@ from typing import Any
 
 from agents import route_health
 from agents.outcomes import Outcome
+from scoring.drift import SCORE as SCORE_NAME
+from scoring.drift import Baseline, drift_report
 
 __all__ = ["HEALTH_WINDOWS", "SCHEMAS", "ReadModel", "feed", "jsonable", "to_datetime"]
 
@@ -98,12 +100,20 @@ class ReadModel:
     """Latest state per key and bounded recent history of every topic the API shows."""
 
     def __init__(self, *, models: Callable[[], list[dict[str, Any]]] | None = None,
+                 baselines: Callable[[str], Mapping[str, Baseline] | None] | None = None,
+                 drift_sample: int = 2_000,
                  max_verdicts: int = 2_000, max_indexed_verdicts: int = 20_000,
                  max_per_card: int = 20, max_cards: int = 20_000,
                  max_resolved_cases: int = 5_000, max_recent: int = 200,
                  max_audit: int = 1_000, max_experiments: int = 200,
                  max_steps: int = 100, queue_size: int = 1_000) -> None:
         self._models = models
+        # Drift: the features the verdicts logged (feature logging), compared with the training
+        # distributions of the model that scored them. ``baselines`` maps a model version to its
+        # per-feature baselines and the score's (scoring.drift.Baseline), or None if unknown.
+        self._baselines = baselines
+        self._feature_sample: deque[tuple[str, float, dict[str, float]]] = deque(
+            maxlen=drift_sample)
         self._lock = threading.Lock()
         self._queue_size = queue_size
         self._subscribers: list[_Subscriber] = []
@@ -189,6 +199,9 @@ class ReadModel:
     # -- per-schema folds (called under the lock) ------------------------------------------------
 
     def _verdict(self, rec: Record) -> Record:
+        if not rec.get("is_override") and rec.get("features"):
+            self._feature_sample.append((str(rec.get("model_version")), float(rec["score"]),
+                                         dict(rec["features"])))
         for name in _VERDICT_DROP:
             rec.pop(name, None)
         brief = _verdict_brief(rec)
@@ -384,7 +397,38 @@ class ReadModel:
                 error = f"{type(exc).__name__}: {exc}"
         in_use = [{"model_version": mv, "arm": arm, "verdicts": n}
                   for (mv, arm), n in used.most_common()]
-        return _obj({"registry": registry, "registry_error": error, "in_use": in_use})
+        return _obj({"registry": registry, "registry_error": error, "in_use": in_use,
+                     "drift": self.drift()})
+
+    def drift(self) -> Record | None:
+        """PSI per feature (and for the score, as SCORE) over the recent verdicts of the most
+        used model, against that model's training baselines; worst first."""
+        if self._baselines is None:
+            return None
+        with self._lock:
+            sample = list(self._feature_sample)
+        if not sample:
+            return None
+        version = Counter(v for v, _, _ in sample).most_common(1)[0][0]
+        try:
+            baselines = self._baselines(version)
+        except Exception:  # an unreadable registry: no drift, not a broken page
+            baselines = None
+        if not baselines:
+            return {"model_version": version, "features": [], "note": "no training baselines"}
+        rows = [(score, feats) for v, score, feats in sample if v == version]
+        values: dict[str, list[float]] = {name: [] for name in baselines}
+        for score, feats in rows:
+            for name in baselines:
+                if name == SCORE_NAME:
+                    values[name].append(score)
+                elif name in feats:
+                    values[name].append(float(feats[name]))
+        report = drift_report(baselines, values)
+        ranked = sorted(report.values(), key=lambda d: -d.psi)
+        return {"model_version": version, "verdicts": len(rows),
+                "features": [{"name": d.name, "psi": round(d.psi, 4), "status": d.status,
+                              "n": d.n} for d in ranked]}
 
 
 def feed(model: ReadModel, records: Iterable[tuple[str, Mapping[str, Any]]]) -> None:

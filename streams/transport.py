@@ -172,7 +172,7 @@ class _NoReadMark(dict[TP, int | None]):
 
 
 class DrainingProducer(faust_aiokafka.Producer):
-    """Flushes until Faust's own buffer is empty, not for at most 0.1 s.
+    """Flushes what Faust's own buffer held when the commit began, not for at most 0.1 s.
 
     Faust flushes the producer before it commits offsets, but its buffer of table-changelog
     writes gives up after 0.1 s without progress (ProducerBuffer.flush_atmost), so under load a
@@ -181,8 +181,11 @@ class DrainingProducer(faust_aiokafka.Producer):
     """
 
     async def flush(self) -> None:
-        while self.buffer.size:
-            await self.buffer.flush()
+        # Only what was buffered when the commit began: waiting for the buffer to be empty
+        # stalled the worker under load (agents keep adding), measured at 220 vs 549 tx/s.
+        target, sent = self.buffer.size, 0
+        while sent < target and self.buffer.size:
+            sent += await self.buffer.flush_atmost(target - sent)
         await super().flush()
 
 

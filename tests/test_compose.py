@@ -28,7 +28,7 @@ DATASOURCES = GRAFANA / "provisioning" / "datasources" / "prometheus.yml"
 DASHBOARD_PROVIDERS = GRAFANA / "provisioning" / "dashboards" / "dashboards.yml"
 DASHBOARD = GRAFANA / "dashboards" / "rakshit.json"
 
-PROJECT_SERVICES = {"topics", "worker", "simulator"}
+PROJECT_SERVICES = {"topics", "worker", "simulator", "api"}
 EXPECTED_SERVICES = {"kafka", *PROJECT_SERVICES, "prometheus", "grafana"}
 
 # Every metric the worker exports (streams/metrics.py), as Prometheus names.

@@ -24,7 +24,7 @@ import copy
 import hashlib
 import json
 import math
-from collections.abc import Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -133,20 +133,22 @@ def _dt(ms: int) -> datetime:
     return _EPOCH + timedelta(milliseconds=ms)
 
 
-def _to_json(record: Mapping[str, Any], times: tuple[str, ...]) -> Record:
+def _convert_times(record: Mapping[str, Any], times: tuple[str, ...], kind: type,
+                   convert: Callable[[Any], Any]) -> Record:
     out = copy.deepcopy(dict(record))
     for name in times:
-        if isinstance(out.get(name), datetime):
-            out[name] = _ms(out[name])
+        if isinstance(out.get(name), kind):
+            out[name] = convert(out[name])
     return out
+
+
+def _to_json(record: Mapping[str, Any], times: tuple[str, ...]) -> Record:
+    """Datetimes as epoch ms, so the store holds plain JSON."""
+    return _convert_times(record, times, datetime, _ms)
 
 
 def _from_json(record: Mapping[str, Any], times: tuple[str, ...]) -> Record:
-    out = copy.deepcopy(dict(record))
-    for name in times:
-        if isinstance(out.get(name), int):
-            out[name] = _dt(out[name])
-    return out
+    return _convert_times(record, times, int, _dt)
 
 
 def _clean(text: str | None) -> str | None:

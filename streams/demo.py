@@ -18,6 +18,7 @@ import urllib.request
 from collections import Counter
 from dataclasses import dataclass, replace
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -211,29 +212,28 @@ def wait_for_group(settings: Settings, group: str, worker: subprocess.Popen[byte
     raise RuntimeError(f"worker group {group} not stable within {timeout_s:.0f}s")
 
 
-def start_worker(settings: Settings, log_name: str,
-                 passthrough: bool = False) -> tuple[subprocess.Popen[bytes], str]:
-    logs = settings.home / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    log_path = logs / log_name
-    extra = ["--passthrough"] if passthrough else []
+def _spawn(settings: Settings, log_name: str, *args: str) -> tuple[subprocess.Popen[bytes], Path]:
+    """A `rakshit` subcommand as its own process group, logging under RAKSHIT_HOME/logs."""
+    log_path = settings.home / "logs" / log_name
+    log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "worker",
-                                 "--loglevel", "warn", *extra],
+        proc = subprocess.Popen([sys.executable, "-m", "streams.cli", *args],
                                 stdout=log, stderr=subprocess.STDOUT,
                                 env={**os.environ, **settings.to_env()},
                                 start_new_session=True)
+    return proc, log_path
+
+
+def start_worker(settings: Settings, log_name: str,
+                 passthrough: bool = False) -> tuple[subprocess.Popen[bytes], str]:
+    extra = ["--passthrough"] if passthrough else []
+    proc, log_path = _spawn(settings, log_name, "worker", "--loglevel", "warn", *extra)
     return proc, str(log_path)
 
 
 def start_api(settings: Settings, port: int) -> tuple[subprocess.Popen[bytes], str]:
     """`rakshit api` as its own process; returns once the page answers."""
-    log_path = settings.home / "logs" / "demo-api.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with log_path.open("ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "streams.cli", "api", "--port", str(port)],
-                                stdout=log, stderr=subprocess.STDOUT,
-                                env={**os.environ, **settings.to_env()}, start_new_session=True)
+    proc, log_path = _spawn(settings, "demo-api.log", "api", "--port", str(port))
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

@@ -45,3 +45,23 @@ def outcome(tx: dict[str, Any], result: str = "APPROVED", **overrides: Any) -> d
     }
     out.update(overrides)
     return out
+
+
+def degrading_outcomes(issuer: str, routes: tuple[str, ...], start: datetime, n: int = 6000,
+                       degrade_from: int = 4800, seed: int = 5
+                       ) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(transaction, outcome) pairs at 50 attempts/s of event time for one issuer: 80% on the
+    first route, the rest spread over the others; from attempt ``degrade_from`` the first route
+    delivers half its attempts (0.92 before, and on the others throughout)."""
+    import random
+
+    rng = random.Random(seed)
+    pairs = []
+    for i in range(n):
+        when = start + timedelta(milliseconds=20 * i)
+        route = routes[0] if rng.random() < 0.8 else rng.choice(routes[1:])
+        p = 0.5 if route == routes[0] and i >= degrade_from else 0.92
+        result = "APPROVED" if rng.random() < p else rng.choice(("ERROR", "TIMEOUT"))
+        tx = transaction(i, when=when) | {"issuer_id": issuer}
+        pairs.append((tx, outcome(tx, result, route=route, event_time=when)))
+    return pairs

@@ -8,7 +8,6 @@ a viewer cannot resolve (the API's refusal is shown). Screenshots go to artifact
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,7 +23,7 @@ from streams.demo import start_api, stop_process
 from streams.opsserver import ensure_tokens
 from streams.routing import write_baseline
 from streams.topics import Topic
-from tests.factories import outcome, transaction
+from tests.factories import degrading_outcomes
 from tests.kafka_helpers import WorkerProcess, name, produce
 from tests.test_codec import RECORDS
 
@@ -57,19 +56,11 @@ def stack(make_settings: Callable[..., Settings],
 
 
 def outage(settings: Settings) -> list[tuple[str, bytes, bytes]]:
-    codec, topic, rng = make_codec(None), name(settings, Topic.AUTH_OUTCOMES), random.Random(5)
+    codec, topic = make_codec(None), name(settings, Topic.AUTH_OUTCOMES)
     start = datetime.now(UTC) - timedelta(minutes=10)
-    records = []
-    for i in range(6000):  # 50/s of event time; acq-a delivers half its attempts after 96 s
-        when = start + timedelta(milliseconds=20 * i)
-        route = ROUTES[0] if rng.random() < 0.8 else rng.choice(ROUTES[1:])
-        p = 0.5 if route == "acq-a" and i >= 4800 else 0.92
-        result = "APPROVED" if rng.random() < p else rng.choice(("ERROR", "TIMEOUT"))
-        tx = transaction(i, when=when) | {"issuer_id": "issuer-9"}
-        records.append((topic, tx["card_token"].encode(), codec.encode(
-            "authorization_outcome", outcome(tx, result, route=route, event_time=when),
-            topic=topic)))
-    return records
+    return [(topic, tx["card_token"].encode(),
+             codec.encode("authorization_outcome", rec, topic=topic))
+            for tx, rec in degrading_outcomes("issuer-9", ROUTES, start)]
 
 
 def review_case(settings: Settings, n: int) -> tuple[str, list[tuple[str, bytes, bytes]]]:

@@ -10,7 +10,6 @@ traffic elsewhere.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,7 +22,7 @@ from streams.config import Settings
 from streams.routing import write_baseline
 from streams.simulator.routing import ApplyResult, RoutingTable
 from streams.topics import Topic
-from tests.factories import outcome, transaction
+from tests.factories import degrading_outcomes
 from tests.kafka_helpers import WorkerProcess, name, produce, read_all
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
@@ -39,18 +38,10 @@ def test_a_degraded_route_is_detected_probed_and_shifted(make_settings: Callable
     write_baseline(settings.routing_baseline, BASELINE)
     codec = make_codec(None)
     topic = name(settings, Topic.AUTH_OUTCOMES)
-    rng = random.Random(5)
     start = datetime.now(UTC) - timedelta(minutes=10)
-    records = []
-    for i in range(6000):  # 50 attempts/s of event time; acq-a degrades after 2 minutes
-        when = start + timedelta(milliseconds=20 * i)
-        route = ROUTES[0] if rng.random() < 0.8 else rng.choice(ROUTES[1:])
-        p = 0.5 if route == "acq-a" and i >= 6000 * 0.8 else 0.92
-        result = "APPROVED" if rng.random() < p else rng.choice(("ERROR", "TIMEOUT"))
-        tx = transaction(i, when=when) | {"issuer_id": "issuer-9"}
-        rec = outcome(tx, result, route=route, event_time=when)
-        records.append((topic, tx["card_token"].encode(), codec.encode(
-            "authorization_outcome", rec, topic=topic)))
+    records = [(topic, tx["card_token"].encode(),
+                codec.encode("authorization_outcome", rec, topic=topic))
+               for tx, rec in degrading_outcomes("issuer-9", ROUTES, start)]
 
     worker = WorkerProcess(settings, tmp_path / "worker.log").start()
     try:

@@ -155,8 +155,11 @@ class Executor:
         self._sleep = sleep
         self._transient = transient
 
-    def run(self, primary: Callable[[], T], fallback: Callable[[], T]) -> Execution[T]:
+    def run(self, primary: Callable[[], T], fallback: Callable[[], T],
+            budget_s: float | None = None) -> Execution[T]:
+        """``budget_s`` overrides the configured budget for this call (a batch of rows)."""
         start = self._clock()
+        budget = self.budget_s if budget_s is None else budget_s
 
         def done(result: T, used: str, attempts: int, fallbacks: tuple[str, ...],
                  errors: tuple[str, ...]) -> Execution[T]:
@@ -174,7 +177,7 @@ class Executor:
             except self._transient as exc:
                 errors.append(type(exc).__name__)
                 retry_at = self._clock() - start + self.retry.delay(attempt)
-                if attempt < self.retry.attempts and retry_at < self.budget_s:
+                if attempt < self.retry.attempts and retry_at < budget:
                     self._sleep(self.retry.delay(attempt))
                     continue
                 self.breaker.record_failure()
@@ -184,7 +187,7 @@ class Executor:
                 errors.append(type(exc).__name__)
                 self.breaker.record_failure()
                 return done(fallback(), "fallback", attempt, ("model_error",), tuple(errors))
-            if self._clock() - start > self.budget_s:
+            if self._clock() - start > budget:
                 # Too late to use: see the module docstring for why it is discarded.
                 self.breaker.record_failure()
                 return done(fallback(), "fallback", attempt, ("model_timeout",), tuple(errors))

@@ -35,6 +35,8 @@ guardrail_error             a guardrail raised: the payment is blocked (fail clo
 pipeline_error              this code raised: guardrails alone decide (block, else review)
 evaluator_error /           bookkeeping after the decision raised (drift samples, disparity
 disparity_monitor_error     window); the verdict stands
+watermark_timeout           (added by the worker) decided before every input partition had
+                            handed over the history terminal features read: they may be short
 ==========================  =================================================================
 
 **Explanations and what they cost.** The scorer makes one raw prediction per transaction; the
@@ -176,6 +178,30 @@ class BoosterScorer:
     def explain(self, features: Mapping[str, float]) -> Explanation:
         return explain_rows(self._booster, self.row(features), self._names, self._threads)[0]
 
+    def matrix(self, rows: Sequence[Mapping[str, float]]) -> np.ndarray:
+        names = self._names
+        return np.array([[float(r.get(n, math.nan)) for n in names] for r in rows],
+                        dtype=np.float64).reshape(len(rows), len(names))
+
+    def score_many(self, rows: Sequence[Mapping[str, float]], explain: bool = False
+                   ) -> list[ScoreResult]:
+        """One prediction call for the batch (LightGBM's per-call cost dominates a row)."""
+        data = self.matrix(rows)
+        margins = raw_margin(self._booster, data, self._threads)
+        found = explain_rows(self._booster, data, self._names, self._threads) if explain else None
+        out = []
+        for i, margin in enumerate(margins.tolist()):
+            probability = 1.0 / (1.0 + math.exp(-self._sigmoid * margin))
+            if found is None:
+                out.append(ScoreResult(probability, margin, (), None, self._version))
+            else:
+                out.append(ScoreResult(probability, margin, found[i].contributions,
+                                       found[i].base_value, self._version))
+        return out
+
+    def explain_many(self, rows: Sequence[Mapping[str, float]]) -> list[Explanation]:
+        return explain_rows(self._booster, self.matrix(rows), self._names, self._threads)
+
     def score(self, features: Mapping[str, float], explain: bool = False) -> ScoreResult:
         row = self.row(features)
         margin = float(raw_margin(self._booster, row, self._threads)[0])
@@ -274,6 +300,56 @@ def _dedupe(items: Sequence[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(items))
 
 
+BUDGET_ROWS = 100  # a batch call's time budget is the executor's per this many rows
+
+
+def score_many(scorer: Scorer, rows: Sequence[Mapping[str, float]], explain: bool = False
+               ) -> list[ScoreResult]:
+    """One call for the batch where the scorer can (``BoosterScorer``); per row otherwise."""
+    many = getattr(scorer, "score_many", None)
+    if many is not None:
+        return list(many(rows, explain))
+    return [scorer.score(r, explain=explain) for r in rows]
+
+
+def explain_many(scorer: Scorer, rows: Sequence[Mapping[str, float]]) -> list[Explanation]:
+    many = getattr(scorer, "explain_many", None)
+    if many is not None:
+        return list(many(rows))
+    return [scorer.explain(r) for r in rows]
+
+
+@dataclass
+class _Staged:
+    """One transaction on its way through the chain: what each phase of ``decide_many`` found."""
+
+    tx: Mapping[str, Any]
+    features: Mapping[str, float] | None
+    context: DecisionContext
+    event_ms: int
+    fallbacks: list[str] = field(default_factory=list)
+    excluded: list[Check] = field(default_factory=list)
+    early: VerdictParts | None = None  # decided before scoring (a guardrail failed)
+    failed: Exception | None = None
+    plan: Plan | None = None
+    used: dict[str, float] = field(default_factory=dict)
+    tier: str = ""
+    arm_key: str = "CHAMPION"
+    scorer: Scorer | None = None
+    execution: Execution[Any] | None = None
+    result: ScoreResult | None = None
+    hits: list[RuleHit] = field(default_factory=list)
+    labels_seen: int = 0
+    mix: Blend | None = None
+    shadow: ShadowScore | None = None
+    guard: GuardrailOutcome | None = None
+    thresholds: Thresholds | None = None
+    record: DecisionRecord | None = None
+    explanation: Explanation | None = None
+    wants_explanation: bool = False
+    explain_ms: float = 0.0
+
+
 # -- the chain ------------------------------------------------------------------------------------
 
 class DecisionPipeline:
@@ -334,10 +410,54 @@ class DecisionPipeline:
     def decide(self, tx: Mapping[str, Any], features: Mapping[str, float] | None,
                context: DecisionContext) -> VerdictParts:
         """One verdict; never raises (see the module docstring for every degraded path)."""
+        return self.decide_many([(tx, features, context)])[0]
+
+    def decide_many(self, items: Sequence[tuple[Mapping[str, Any], Mapping[str, float] | None,
+                                                DecisionContext]]) -> list[VerdictParts]:
+        """Verdicts for a batch, in order; never raises.
+
+        Each agent runs per transaction as in ``decide``, except the two costly calls: the model
+        scores the batch in one call per arm (under the executor, with the budget scaled to the
+        rows), and the REVIEW and DECLINE verdicts are explained in one ``pred_contrib`` call per
+        arm. The decline-disparity window sees the batch's decisions after the batch: a window of
+        an hour of decisions is not changed by the last few milliseconds.
+        """
+        staged: list[_Staged | VerdictParts] = []
+        for tx, features, context in items:
+            try:
+                staged.append(self._plan(tx, features, context))
+            except Exception as exc:
+                staged.append(self._pipeline_failed(tx, context, exc))
+        live = [s for s in staged if isinstance(s, _Staged)]
         try:
-            return self._decide(tx, features, context)
+            self._score(live)
         except Exception as exc:
-            return self._pipeline_failed(tx, context, exc)
+            for s in live:
+                s.failed = exc
+        for s in live:
+            if s.failed is None:
+                try:
+                    self._judge(s)
+                except Exception as exc:
+                    s.failed = exc
+        try:
+            self._explain([s for s in live if s.failed is None and s.wants_explanation])
+        except Exception:
+            for s in live:
+                if s.wants_explanation:
+                    s.fallbacks.append("explanation_failed")
+        return [item if isinstance(item, VerdictParts) else self._finished(item)
+                for item in staged]
+
+    def _finished(self, s: _Staged) -> VerdictParts:
+        if s.early is not None:
+            return s.early
+        try:
+            if s.failed is not None:
+                raise s.failed
+            return self._finish(s)
+        except Exception as exc:
+            return self._pipeline_failed(s.tx, s.context, exc)
 
     def _usable(self, arm: str, excluded: list[Check]) -> bool:
         scorer = self._models[arm]
@@ -348,99 +468,144 @@ class DecisionPipeline:
             excluded.append(replace(check, detail=f"{arm.lower()}: {check.detail}"))
         return check.passed
 
-    def _decide(self, tx: Mapping[str, Any], features: Mapping[str, float] | None,
-                context: DecisionContext) -> VerdictParts:
-        event_ms = _event_ms(tx, context.now_ms)
-        fallbacks: list[str] = []
+    # -- planner ----------------------------------------------------------------------------------
 
-        # -- planner ------------------------------------------------------------------------------
-        excluded: list[Check] = []
+    def _plan(self, tx: Mapping[str, Any], features: Mapping[str, float] | None,
+              context: DecisionContext) -> _Staged:
+        staged = _Staged(tx, features, context, _event_ms(tx, context.now_ms))
+        excluded = staged.excluded
         try:
             health = ModelHealth(self._usable("CHAMPION", excluded),
                                  self._usable("CHALLENGER", excluded),
                                  self._usable("SHADOW", excluded))
         except Exception as exc:  # the protected-attribute check itself failed: fail closed
-            return self._blocked(tx, features or {}, failed_closed(exc), ["guardrail_error"])
+            staged.early = self._blocked(tx, features or {}, failed_closed(exc),
+                                         ["guardrail_error"])
+            return staged
         if excluded:
-            fallbacks.append("model_excluded")
+            staged.fallbacks.append("model_excluded")
         live = context.feature_store_ok and features is not None
         age = None
         if context.cached_features is not None and context.cached_at_ms is not None:
             age = max(0.0, (context.now_ms - context.cached_at_ms) / 1000.0)
         plan = self.planner.plan(str(tx.get("card_token", "")), health, FeatureHealth(live, age),
                                  error=context.upstream_error)
-        fallbacks += plan.fallbacks
+        staged.plan = plan
+        staged.fallbacks += plan.fallbacks
         if live:
-            used: dict[str, float] = dict(features or {})
+            staged.used = dict(features or {})
         elif plan.feature_source == "cached":
-            used = {**(context.cached_features or {}), **(features or {})}
+            staged.used = {**(context.cached_features or {}), **(features or {})}
         else:
-            used = dict(features or {})
-        tier = plan.tier
-
-        # -- executor (risk scorer) ---------------------------------------------------------------
-        hits = self.rules.evaluate(used)
+            staged.used = dict(features or {})
+        staged.tier = plan.tier
         arm_key = plan.arm if plan.arm in ("CHAMPION", "CHALLENGER") else "CHAMPION"
-        scorer = self._models[arm_key] if plan.use_model else None
-        execution: Execution[ScoreResult | None] | None = None
-        result: ScoreResult | None = None
-        if scorer is not None:
-            model = scorer
+        staged.arm_key = arm_key
+        staged.scorer = self._models[arm_key] if plan.use_model else None
+        return staged
 
-            def primary() -> ScoreResult | None:
-                return model.score(used, explain=self.explain_approvals)
+    # -- executor (risk scorer): one model call per arm and batch ---------------------------------
 
-            execution = self._executors[arm_key].run(primary, lambda: None)
-            result = execution.result
-            if result is None:
-                fallbacks += [*execution.fallbacks, "rules_only"]
-                if "model_error" in execution.fallbacks \
-                        or "model_transient_error" in execution.fallbacks:
-                    tier = CONSERVATIVE_TIER
-                    fallbacks.append("conservative_tier")
+    def _score(self, batch: Sequence[_Staged]) -> None:
+        arms: dict[str, list[_Staged]] = {}
+        for s in batch:
+            if s.early is None and s.scorer is not None:
+                arms.setdefault(s.arm_key, []).append(s)
+        for arm_key, group in arms.items():
+            scorer = group[0].scorer
+            assert scorer is not None
+            rows = [s.used for s in group]
+
+            def primary(model: Scorer = scorer, rows: list[dict[str, float]] = rows
+                        ) -> list[ScoreResult] | None:
+                return score_many(model, rows, self.explain_approvals)
+
+            executor = self._executors[arm_key]
+            budget = executor.budget_s * max(1.0, len(rows) / BUDGET_ROWS)
+            execution = executor.run(primary, lambda: None, budget_s=budget)
+            results = execution.result
+            for i, s in enumerate(group):
+                s.execution = execution
+                s.result = results[i] if results is not None else None
+                if s.result is None:
+                    s.fallbacks += [*execution.fallbacks, "rules_only"]
+                    if "model_error" in execution.fallbacks \
+                            or "model_transient_error" in execution.fallbacks:
+                        s.tier = CONSERVATIVE_TIER
+                        s.fallbacks.append("conservative_tier")
+
+    # -- online learner, blend, guardrail and a first decision ------------------------------------
+
+    def _judge(self, s: _Staged) -> None:
+        if s.early is not None:
+            return
+        plan, used, result, scorer = s.plan, s.used, s.result, s.scorer
+        assert plan is not None
+        s.hits = self.rules.evaluate(used)
         online_p: float | None = None
         if result is not None and self.online is not None:
             try:
                 online_p = self.online.predict_one(self._online_view(used))
             except Exception:
-                fallbacks.append("online_unavailable")
-        labels_seen = self.online.labels_seen if self.online is not None else 0
-        mix = blend(result.probability if result else None, online_p, labels_seen,
-                    [h.score for h in hits], self.blend_config)
-        shadow = self._shadow(plan, used)
-
-        # -- guardrail (before the decision: it can block or ask for review) ----------------------
-        screened = self.guardrail.screen(tx, context.amount_history, event_ms,
+                s.fallbacks.append("online_unavailable")
+        s.labels_seen = self.online.labels_seen if self.online is not None else 0
+        s.mix = blend(result.probability if result else None, online_p, s.labels_seen,
+                      [h.score for h in s.hits], self.blend_config)
+        s.shadow = self._shadow(plan, used)
+        # The guardrail runs before the decision: it can block or ask for review.
+        screened = self.guardrail.screen(s.tx, s.context.amount_history, s.event_ms,
                                          scorer.feature_names if scorer is not None else None)
         if screened.error is None:
-            guard = GuardrailOutcome.of((*excluded, *screened.checks))
+            s.guard = GuardrailOutcome.of((*s.excluded, *screened.checks))
         else:
-            guard = GuardrailOutcome((*excluded, *screened.checks), BLOCK, screened.error)
-            fallbacks.append("guardrail_error")
-
-        # -- decision, with the evaluator's explanation check -------------------------------------
-        thresholds = adapt_thresholds(self.thresholds, tier, context.review_queue_depth,
-                                      context.review_queue_capacity,
-                                      self.evaluator.false_positive_rate)
-
-        def decide(explanation_ok: bool) -> DecisionRecord:
-            confidence = assess_confidence(self.thresholds, mix.disagreement, plan.features_stale,
-                                           explanation_ok)
-            return decide_verdict(mix.score, hits, thresholds, confidence, guard.action,
-                                  self.thresholds)
-
-        record = decide(True)
-        explanation: Explanation | None = None
-        explain_ms = 0.0
+            s.guard = GuardrailOutcome((*s.excluded, *screened.checks), BLOCK, screened.error)
+            s.fallbacks.append("guardrail_error")
+        s.thresholds = adapt_thresholds(self.thresholds, s.tier, s.context.review_queue_depth,
+                                        s.context.review_queue_capacity,
+                                        self.evaluator.false_positive_rate)
+        s.record = self._decision(s, explanation_ok=True)
         if result is not None and result.explained and result.base_value is not None:
-            explanation = Explanation(result.contributions, result.base_value)
-        elif result is not None and scorer is not None and record.decision in FLAGGED:
+            s.explanation = Explanation(result.contributions, result.base_value)
+        elif result is not None and scorer is not None and s.record.decision in FLAGGED:
+            s.wants_explanation = True
+
+    def _decision(self, s: _Staged, explanation_ok: bool) -> DecisionRecord:
+        assert s.plan is not None and s.mix is not None and s.guard is not None
+        assert s.thresholds is not None
+        confidence = assess_confidence(self.thresholds, s.mix.disagreement, s.plan.features_stale,
+                                       explanation_ok)
+        return decide_verdict(s.mix.score, s.hits, s.thresholds, confidence, s.guard.action,
+                              self.thresholds)
+
+    # -- explanations: one pred_contrib call per arm for the flagged rows -------------------------
+
+    def _explain(self, batch: Sequence[_Staged]) -> None:
+        arms: dict[str, list[_Staged]] = {}
+        for s in batch:
+            arms.setdefault(s.arm_key, []).append(s)
+        for group in arms.values():
+            scorer = group[0].scorer
+            assert scorer is not None
             started = time.perf_counter()
             try:
-                explanation = scorer.explain(used)
+                found = explain_many(scorer, [s.used for s in group])
             except Exception:
-                fallbacks.append("explanation_failed")
-            explain_ms = (time.perf_counter() - started) * 1000.0
+                for s in group:
+                    s.fallbacks.append("explanation_failed")
+                continue
+            each_ms = (time.perf_counter() - started) * 1000.0 / len(group)
+            for s, explanation in zip(group, found, strict=True):
+                s.explanation = explanation
+                s.explain_ms = each_ms
+
+    # -- the evaluator's check, the final decision and the bookkeeping ----------------------------
+
+    def _finish(self, s: _Staged) -> VerdictParts:
+        plan, result, explanation = s.plan, s.result, s.explanation
+        assert plan is not None and s.mix is not None and s.guard is not None
+        assert s.record is not None
+        record = s.record
+        fallbacks = s.fallbacks
         check = self.evaluator.check_explanation(
             record.decision, result is not None,
             [c for _, _, c in explanation.contributions] if explanation else None,
@@ -449,29 +614,28 @@ class DecisionPipeline:
         if not check.ok:
             fallbacks.append("explanation_inconsistent" if check.present
                              else "explanation_missing")
-            record = decide(False)
-
-        # -- evaluator bookkeeping (drift samples) and the disparity window -----------------------
+            record = self._decision(s, explanation_ok=False)
+        # The evaluator's drift samples and the disparity window.
         try:
-            self.evaluator.observe(mix.score, used)
+            self.evaluator.observe(s.mix.score, s.used)
         except Exception:
             fallbacks.append("evaluator_error")
         try:
-            self.guardrail.observe_decision(tx, event_ms, record.decision)
+            self.guardrail.observe_decision(s.tx, s.event_ms, record.decision)
         except Exception:
             fallbacks.append("disparity_monitor_error")
-
         if result is not None:
-            version = result.model_version + ("+online" if mix.online_weight > 0.0 else "")
+            version = result.model_version + ("+online" if s.mix.online_weight > 0.0 else "")
             # An inconsistent explanation is still shown; the fallbacks flag it.
             reasons = explanation.top(self.top_k) if explanation is not None else ()
         else:
             version = RULES_ONLY_VERSION
-            reasons = self._rule_reasons(hits, used)
-        trace = Trace(plan, execution, mix, check, guard, record, labels_seen, explain_ms)
-        parts = VerdictParts(record.decision, mix.score, version, plan.arm, reasons, tuple(hits),
-                             guard.checks, _dedupe(fallbacks), record.customer_message, shadow,
-                             trace)
+            reasons = self._rule_reasons(s.hits, s.used)
+        trace = Trace(plan, s.execution, s.mix, check, s.guard, record, s.labels_seen,
+                      s.explain_ms)
+        parts = VerdictParts(record.decision, s.mix.score, version, plan.arm, reasons,
+                             tuple(s.hits), s.guard.checks, _dedupe(fallbacks),
+                             record.customer_message, s.shadow, trace)
         return self._scrubbed(parts)
 
     def _rule_reasons(self, hits: Sequence[RuleHit], used: Mapping[str, float]

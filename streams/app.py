@@ -19,37 +19,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from datetime import UTC, datetime
+from collections.abc import Callable
 from typing import Any
 
 import faust
 from prometheus_client import start_http_server
 
 from schemas.codec import make_codec
-from scoring import features as F
 from streams import metrics
 from streams.casework import CaseStage
 from streams.config import Settings
-from streams.models import build_pipeline
-from streams.processing import (
-    Admitted,
-    Output,
-    Processor,
-    Source,
-    event_millis,
-    internal_error,
-)
+from streams.hotpath.lane import start_lane
+from streams.processing import Output, Processor, Source, internal_error
 from streams.routing import RoutingStage, load_baseline
-from streams.stages import CardStage, TerminalStage
 from streams.state import WriteBehind
 from streams.topics import DEAD_LETTER_MAX_BYTES, Topic, topic_name
-from streams.transport import App, finishing, mark_finished
+from streams.transport import App, finishing
 
 log = logging.getLogger(__name__)
-
-OUTCOME_BATCH = 500  # outcomes per record on the routing topic, at most
-OUTCOME_BATCH_WITHIN_S = 0.05  # ... or what arrived within this long
-
 
 def _broker_url(bootstrap: str) -> str:
     return ";".join(f"kafka://{host.strip()}" for host in bootstrap.split(","))
@@ -78,7 +65,8 @@ def _faust_app(settings: Settings) -> faust.App:
     )
 
 
-def _add_ops(app: faust.App, settings: Settings) -> None:
+def _add_ops(app: faust.App, settings: Settings,
+             lane_ready: Callable[[], bool] = lambda: True) -> None:
     """Readiness and the metrics endpoint, shared by the worker and the benchmark baseline."""
 
     @app.task  # type: ignore[untyped-decorator]
@@ -92,34 +80,26 @@ def _add_ops(app: faust.App, settings: Settings) -> None:
         # fetches nothing, and traffic sent then waits.
         recovery = app.tables.recovery  # type: ignore[attr-defined]  # the TableManager's own
         recovered = recovery.completed.is_set() and not recovery.in_recovery
-        metrics.WORKER_READY.set(1 if recovered and not app.rebalancing else 0)
+        ready = recovered and not app.rebalancing and lane_ready()
+        metrics.WORKER_READY.set(1 if ready else 0)
 
 
-def create_app(settings: Settings) -> faust.App:
+def create_app(settings: Settings, lane_ready: Callable[[], bool] = lambda: True) -> faust.App:
+    """The Faust frame: the routing loop and the case book, where Faust's per-event cost is
+    nothing beside their rate. Transactions, labels and outcomes are the fraud lane's
+    (streams.hotpath.lane), which runs beside this app in the same process."""
     app = _faust_app(settings)
     codec = make_codec(settings.schema_registry_url)
     admission = Processor(settings, codec)
-    card_stage = CardStage(codec, settings.topic_prefix)
-    terminal_stage = TerminalStage(codec, build_pipeline(settings), settings.topic_prefix)
 
     def raw_topic(topic: Topic) -> faust.TopicT:
         return app.topic(topic_name(topic, settings.topic_prefix), key_type=bytes,
                          value_type=bytes, key_serializer="raw", value_serializer="raw")
 
-    transactions = raw_topic(Topic.TRANSACTIONS)
-    outcomes = raw_topic(Topic.AUTH_OUTCOMES)
-    labels = raw_topic(Topic.LABELS)
-    scoring = raw_topic(Topic.SCORING)
     outputs = {topic_name(t, settings.topic_prefix): raw_topic(t)
-               for t in (Topic.DECISIONS, Topic.DEAD_LETTERS, Topic.SCORING,
-                         Topic.ROUTE_OUTCOMES, Topic.HYPOTHESES, Topic.EXPERIMENTS,
-                         Topic.ROUTING_POLICY, Topic.CASE_COMMANDS, Topic.CASES, Topic.LABELS,
-                         Topic.AUDIT, Topic.NOTIFICATIONS)}
-    # Changelogged state, recovered before a restarted worker processes anything. Card state
-    # lives on the card's partition, terminal state on the terminal's (see streams.stages).
-    card_table = app.Table("card-state", default=dict, partitions=settings.default_partitions)
-    terminal_table = app.Table("terminal-state", default=dict,
-                               partitions=settings.default_partitions)
+               for t in (Topic.DECISIONS, Topic.DEAD_LETTERS, Topic.HYPOTHESES,
+                         Topic.EXPERIMENTS, Topic.ROUTING_POLICY, Topic.CASE_COMMANDS,
+                         Topic.CASES, Topic.LABELS, Topic.AUDIT, Topic.NOTIFICATIONS)}
     # The routing loop's state lives on the one partition of its topics (see streams.topics),
     # worked on in memory and checkpointed each second (streams.state).
     analyst_state = WriteBehind(app.Table("analyst-cells", default=dict, partitions=1))
@@ -139,7 +119,7 @@ def create_app(settings: Settings) -> faust.App:
         """Hand a record to the producer, retrying until it is accepted.
 
         An exception escaping an agent makes Faust ack the record in hand, and the next commit
-        then skips it: a transaction without a verdict. So a send that fails is retried with
+        then skips it: a command without its outcome. So a send that fails is retried with
         capped backoff (the partition stalls, its lag metric grows) rather than raised.
         """
         delay = 0.05
@@ -159,127 +139,6 @@ def create_app(settings: Settings) -> faust.App:
         processed[(msg.topic, msg.partition)] = msg.offset
         ts = msg.timestamp * 1000.0 if msg.timestamp is not None else None
         return Source(msg.topic, msg.partition, msg.offset, msg.key, ts)
-
-    @app.agent(transactions, name="card-stage", concurrency=1)
-    async def card_agent(stream: faust.StreamT[bytes]) -> None:
-        async for event in finishing(app, stream):
-            received = time.time()
-            source = source_of(event)
-            admitted = admission.admit(event.message.value, source, "transaction")
-            if not isinstance(admitted, Admitted):
-                await send(admitted)
-                continue
-            tx = admitted.record
-            card = tx["card_token"]
-            try:
-                stored = card_table[card]
-                state, amounts, row = card_stage.features(stored.get("features") or None, tx,
-                                                          stored.get("amounts", []),
-                                                          stored.get("outcomes"))
-                card_table[card] = {**stored, "features": state, "amounts": amounts}
-                stale = None
-            except Exception:  # the feature store failed: decide on what we last knew
-                log.exception("card state unavailable for a transaction; using cached features")
-                metrics.FEATURE_STORE_ERRORS.inc()
-                cached = card_stage.cached(card)
-                row, stale = (cached[0], received - cached[1]) if cached else ({}, 1e9)
-                amounts = []
-            await send(card_stage.hand_over(tx, row, amounts, source, received, stale))
-
-    @app.agent(labels, name="label-stage", concurrency=1)
-    async def label_agent(stream: faust.StreamT[bytes]) -> None:
-        async for event in finishing(app, stream):
-            admitted = admission.admit(event.message.value, source_of(event), "label")
-            if not isinstance(admitted, Admitted):
-                await send(admitted)
-                continue
-            out = card_stage.forward_label(admitted.record)
-            if out is None:
-                metrics.LABELS_WITHOUT_TERMINAL.inc()
-            else:
-                await send(out)
-
-    @app.agent(scoring, name="terminal-stage", concurrency=1)
-    async def terminal_agent(stream: faust.StreamT[bytes]) -> None:
-        async for event in finishing(app, stream):
-            started = time.time()
-            source = source_of(event)
-            raw = event.message.value or b""
-            try:
-                scoring_event = terminal_stage.decode(raw)
-            except Exception as exc:  # our own topic, so a bug: keep the record, say why
-                await send(admission.dead_letter(raw, source, internal_error(exc)))
-                continue
-            terminal = scoring_event["terminal_id"]
-            try:
-                state = terminal_table[terminal] or None
-                if scoring_event["kind"] == "LABEL":
-                    terminal_table[terminal] = terminal_stage.observe_label(state, scoring_event)
-                    continue
-                state, verdict = terminal_stage.decide(state, scoring_event, started)
-                terminal_table[terminal] = state
-            except Exception:
-                log.exception("terminal state failed; deciding without features")
-                metrics.FEATURE_STORE_ERRORS.inc()
-                try:
-                    verdict = terminal_stage.decide_without_state(scoring_event, started)
-                except Exception as again:
-                    verdict = admission.dead_letter(raw, source, internal_error(again))
-            await send(verdict)
-            for follow_up in verdict.follow_ups:
-                await send(follow_up)
-            if verdict.opens_case:
-                await send(cases.open_case(verdict, datetime.now(UTC)))
-
-    # Outcomes: each one updates its card's decline history (the card's partition: outcomes are
-    # keyed by card like transactions) and joins a batch for the routing agent. An outcome counts
-    # as finished only once its batch is with the producer, so a crash never skips one.
-    batch: list[bytes] = []
-    batch_events: list[Any] = []
-    batch_started = [0.0]
-
-    async def flush_outcomes() -> None:
-        if not batch_events:
-            return
-        raws, events = list(batch), list(batch_events)
-        batch.clear()
-        batch_events.clear()
-        if raws:
-            await send(routing.hand_over(raws))
-        for done in events:  # in offset order, dead-lettered ones included
-            mark_finished(app, done)
-
-    @app.agent(outcomes, name="observe-outcomes", concurrency=1)
-    async def observe_outcomes(stream: faust.StreamT[bytes]) -> None:
-        async for event in stream.events():
-            raw = event.message.value or b""
-            admitted = admission.admit(raw, source_of(event), "authorization_outcome")
-            if not batch_events:
-                batch_started[0] = time.monotonic()
-            if not isinstance(admitted, Admitted):
-                await send(admitted)
-                batch_events.append(event)  # after its dead letter is with the producer
-                continue
-            rec = admitted.record
-            try:
-                stored = card_table[rec["card_token"]]
-                card_table[rec["card_token"]] = {**stored, "outcomes": F.card_outcome_observe(
-                    stored.get("outcomes"), rec["transaction_id"], event_millis(rec),
-                    rec["result"])}
-            except Exception:  # the feature store failed: routing still gets the outcome
-                log.exception("card state unavailable for an outcome")
-                metrics.FEATURE_STORE_ERRORS.inc()
-            batch.append(raw)
-            batch_events.append(event)
-            if (len(batch_events) >= OUTCOME_BATCH
-                    or time.monotonic() - batch_started[0] >= OUTCOME_BATCH_WITHIN_S):
-                await flush_outcomes()
-
-    @app.timer(interval=OUTCOME_BATCH_WITHIN_S)  # type: ignore[untyped-decorator]
-    async def flush_outcome_batch() -> None:
-        """A lull must not hold outcomes back from the routing agent."""
-        if batch_events and time.monotonic() - batch_started[0] >= OUTCOME_BATCH_WITHIN_S:
-            await flush_outcomes()
 
     @app.agent(case_commands, name="cases", concurrency=1)
     async def case_agent(stream: faust.StreamT[bytes]) -> None:
@@ -319,7 +178,7 @@ def create_app(settings: Settings) -> faust.App:
                 analyst_state.flush()
                 pilot_state.flush()
 
-    _add_ops(app, settings)
+    _add_ops(app, settings, lane_ready)
 
     @app.timer(interval=5.0)  # type: ignore[untyped-decorator]
     async def report_lag() -> None:
@@ -363,10 +222,20 @@ def run_worker(settings: Settings, loglevel: str = "info", passthrough: bool = F
     from streams.admin import ensure_topics
 
     ensure_topics(settings)
-    app = create_passthrough_app(settings) if passthrough else create_app(settings)
+    if passthrough:
+        app = create_passthrough_app(settings)
+        lane = None
+    else:
+        lane, thread = start_lane(settings)
+        app = create_app(settings, lambda: lane.ready)
     worker = _Worker(app, loglevel=loglevel, quiet=True)
     worker.spinner = None
-    worker.execute_from_commandline()
+    try:
+        worker.execute_from_commandline()
+    finally:
+        if lane is not None:  # the lane's last checkpoint: everything done is committed
+            lane.stop()
+            thread.join(timeout=60)
 
 
 class _Worker(faust.Worker):

@@ -62,3 +62,23 @@ GUARDRAIL_FAILURES = Counter("rakshit_guardrail_failures",
 DRIFT_PSI = Gauge("rakshit_drift_psi",
                   "Population stability index against the champion's training baseline, per "
                   "feature and for the score (0.1: watch, 0.25: act).", ["feature"])
+# The fraud lane (streams.hotpath): where a batch's time goes, and its state.
+STAGE_SECONDS = Histogram(
+    "rakshit_stage_seconds",
+    "Seconds per batch spent in each step of the fraud lane (card, terminal, batch, checkpoint).",
+    ["stage"],
+    buckets=(0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0),
+)
+BATCH_RECORDS = Histogram("rakshit_batch_records", "Records per batch the fraud lane consumed.",
+                          buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000))
+STATE_KEYS = Gauge("rakshit_state_keys", "Keys held in memory per store (cards, terminals).",
+                   ["store"])
+STATE_RECOVERY = Histogram("rakshit_state_recovery_seconds",
+                           "Seconds to rebuild one partition's state from its changelog.",
+                           ["store"], buckets=(0.01, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 120))
+HELD_DECISIONS = Gauge("rakshit_held_decisions",
+                       "Transactions observed but not yet decided: their terminal history is "
+                       "incomplete until every input partition's watermark passes.")
+WATERMARK_TIMEOUTS = Counter("rakshit_watermark_timeouts",
+                             "Decisions made after waiting the longest allowed for watermarks "
+                             "(fallback watermark_timeout: terminal history may be incomplete).")

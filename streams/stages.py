@@ -23,7 +23,7 @@ import heapq
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -85,13 +85,17 @@ class CardStage:
 
     def hand_over(self, tx: Mapping[str, Any], row: Mapping[str, float],
                   amounts: list[Any], source: Source, received: float,
-                  stale_s: float | None = None) -> Output:
+                  stale_s: float | None = None, original: bytes | None = None) -> Output:
+        """The terminal stage's record for ``tx``. ``original``: the input bytes, when admission
+        changed nothing in them (no card number redacted), carried as they came rather than
+        encoded again; the terminal stage's decode reads any framing the input may use."""
         event = {
             "kind": "TRANSACTION",
             "transaction_id": tx["transaction_id"],
             "terminal_id": tx["terminal_id"],
             "transaction_time": tx["event_time"],
-            "payload": self.codec.encode("transaction", tx, topic=self.topic),
+            "payload": original if original is not None else self.codec.encode(
+                "transaction", tx, topic=self.topic),
             "card_features": dict(row),
             "card_amount_history": [{"t_ms": int(t), "transaction_id": str(i),
                                      "amount": float(a), "currency": str(c)}
@@ -122,6 +126,18 @@ class CardStage:
         }
         value = self.codec.encode("scoring_event", event, topic=self.topic)
         return Output(self.topic, str(terminal).encode(), value)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A transaction observed at its terminal, with its features, waiting for its verdict."""
+
+    tx: dict[str, Any]
+    row: dict[str, float]
+    context: DecisionContext
+    event: Mapping[str, Any]
+    started: float
+    waited_out: bool
 
 
 @dataclass
@@ -177,7 +193,19 @@ class TerminalStage:
             self.labels_learned += 1
 
     def decide(self, state: dict[str, Any] | None, event: Mapping[str, Any],
-               started: float) -> tuple[dict[str, Any], Output]:
+               started: float, waited_out: bool = False) -> tuple[dict[str, Any], Output]:
+        """Observe the transaction at its terminal and decide it (``prepare`` then ``decide_all``
+        for one)."""
+        state, ready = self.prepare(state, event, started, waited_out)
+        return state, self.decide_all([ready])[0]
+
+    def prepare(self, state: dict[str, Any] | None, event: Mapping[str, Any], started: float,
+                waited_out: bool = False) -> tuple[dict[str, Any], Prepared]:
+        """Observe the transaction at its terminal and read its features: the new terminal
+        state (store it before the next transaction of the batch reads it) and what the
+        decision needs. ``waited_out``: the watermarks never allowed it
+        (streams.hotpath.watermarks), so its terminal history may be short; the verdict says
+        so (fallback ``watermark_timeout``)."""
         tx = self.codec.decode(event["payload"], topic=self.internal, expect="transaction").record
         t_ms = event_millis(tx)
         amount = to_eur(tx["amount"], tx["currency"])
@@ -194,12 +222,23 @@ class TerminalStage:
             amount_history=[(a["t_ms"], a["transaction_id"], a["amount"], a["currency"])
                             for a in event["card_amount_history"]],
         )
-        parts = self.pipeline.decide(tx, row if stale is None else None, context)
+        return state, Prepared(tx, row, context, event, started, waited_out)
+
+    def decide_all(self, batch: list[Prepared]) -> list[Output]:
+        """Verdicts for prepared transactions, in order: one decision-chain call for the batch
+        (one model call per arm, one explanation call for what it flags)."""
+        decided = self.pipeline.decide_many(
+            [(p.tx, p.row if p.context.feature_store_ok else None, p.context) for p in batch])
         self._report_drift()
-        self.watermark_ms = max(self.watermark_ms, t_ms)
-        self._remember(tx["transaction_id"], row, parts.score)
+        out = []
+        for p, parts in zip(batch, decided, strict=True):
+            if p.waited_out:
+                parts = replace(parts, fallbacks=(*parts.fallbacks, "watermark_timeout"))
+            self.watermark_ms = max(self.watermark_ms, p.context.now_ms)
+            self._remember(p.tx["transaction_id"], p.row, parts.score)
+            out.append(self.verdict(p.tx, parts, p.row, p.started, p.event))
         self._learn_due()
-        return state, self.verdict(tx, parts, row, started, event)
+        return out
 
     def decide_without_state(self, event: Mapping[str, Any], started: float) -> Output:
         """The verdict when reading or updating terminal state raised: no features at all.

@@ -120,6 +120,7 @@ RECORDS: dict[str, Callable[[], dict[str, Any]]] = {
         "card_state_stale_s": None,
         "received_at_ms": 1.5e12,
         "source_timestamp_ms": 1.5e12,
+        "watermarks": {"transactions/0": 1_500_000_000_000, "labels/0": 2**63 - 1},
     },
     "label": lambda: {
         "transaction_id": "txn-000017",

@@ -44,7 +44,16 @@ def _worker_metrics() -> set[str]:
 
 
 WORKER_METRICS = _worker_metrics()
-HISTOGRAM_SERIES = {HISTOGRAM + suffix: HISTOGRAM for suffix in ("_bucket", "_sum", "_count")}
+def _histograms() -> set[str]:
+    from prometheus_client.metrics import Histogram
+
+    from streams import metrics
+
+    return {obj._name for obj in vars(metrics).values() if isinstance(obj, Histogram)}
+
+
+HISTOGRAM_SERIES = {name + suffix: name for name in _histograms()
+                    for suffix in ("_bucket", "_sum", "_count")}
 
 # Words in a PromQL expression that are not metric names.
 PROMQL_WORDS = {

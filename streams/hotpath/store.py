@@ -1,0 +1,112 @@
+"""Per-partition state in memory, changes coalesced per key, recovered from a compacted changelog.
+
+A store holds one kind of state (the card state, the terminal state) for the partitions this
+worker owns: ``partition -> key -> value``, values plain JSON. ``put`` only marks the key dirty; a
+checkpoint asks for ``changes()`` and writes one changelog record per changed key, however many
+times it changed since the last checkpoint (Faust writes one per update). The changelog partition
+number equals the input partition's, so a worker assigned partition p rebuilds its state by
+reading changelog partition p to its end (``recover``) before it decides anything.
+
+Why replaying the input on top of recovered state is safe: the changelog may run ahead of the
+committed offsets (written in an epoch that crashed before its commit), and the feature state is
+idempotent per transaction id (``scoring.features``), so the repeated records change nothing.
+
+    cards = Store("card-state", "rakshit-worker-card-state-changelog")
+    cards.put(3, "tok_1", {"features": {...}})
+    for partition, key, value in cards.changes(): producer.produce(...)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+
+def encode_value(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+class Store:
+    def __init__(self, name: str, changelog: str) -> None:
+        self.name = name
+        self.changelog = changelog
+        self.partitions: dict[int, dict[str, Any]] = {}
+        self._dirty: dict[int, set[str]] = {}
+
+    def owns(self, partition: int) -> bool:
+        return partition in self.partitions
+
+    def table(self, partition: int) -> dict[str, Any]:
+        """The partition's key -> value map (read it freely; write through ``put``)."""
+        return self.partitions[partition]
+
+    def put(self, partition: int, key: str, value: Any) -> None:
+        self.partitions[partition][key] = value
+        self._dirty[partition].add(key)
+
+    def changes(self) -> Iterator[tuple[int, str, bytes]]:
+        """One record per key changed since the last call, then forget that they changed."""
+        for partition, keys in self._dirty.items():
+            table = self.partitions[partition]
+            for key in keys:
+                yield partition, key, encode_value(table[key])
+            keys.clear()
+
+    def keys(self) -> int:
+        return sum(len(t) for t in self.partitions.values())
+
+    def adopt(self, partition: int, table: dict[str, Any]) -> None:
+        self.partitions[partition] = table
+        self._dirty[partition] = set()
+
+    def drop(self, partition: int) -> None:
+        self.partitions.pop(partition, None)
+        self._dirty.pop(partition, None)
+
+
+def recover(config: dict[str, Any], topic: str, partition: int,
+            timeout_s: float = 600.0) -> tuple[dict[str, Any], int, float]:
+    """Read changelog partition ``partition`` to its end: (table, records read, seconds).
+
+    A tombstone (no value) deletes its key. Reads with its own consumer and never commits, so the
+    changelog is always read from its beginning (compaction keeps it to one record per key).
+    """
+    started = time.monotonic()
+    consumer = Consumer({**config, "enable.auto.commit": False,
+                         "group.id": f"{config.get('group.id', 'rakshit')}-restore",
+                         "enable.partition.eof": False})
+    table: dict[str, Any] = {}
+    read = 0
+    try:
+        low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition),
+                                                   timeout=30, cached=False)
+        if high <= low:
+            return table, 0, time.monotonic() - started
+        consumer.assign([TopicPartition(topic, partition, OFFSET_BEGINNING)])
+        deadline = started + timeout_s
+        last = low - 1
+        loads = json.loads
+        while last < high - 1:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"recovering {topic}[{partition}]: read {read} records, "
+                                   f"stopped at offset {last} of {high} after {timeout_s} s")
+            for msg in consumer.consume(num_messages=10_000, timeout=0.5):
+                if msg.error() is not None:
+                    continue
+                read += 1
+                last = int(msg.offset() or 0)
+                key = msg.key()
+                if key is None:
+                    continue
+                value = msg.value()
+                if value is None:
+                    table.pop(key.decode(), None)
+                else:
+                    table[key.decode()] = loads(value)
+    finally:
+        consumer.close()
+    return table, read, time.monotonic() - started

@@ -16,7 +16,8 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["luhn_valid", "redact_bytes", "redact_record", "redact_text"]
+__all__ = ["has_digit_run", "luhn_valid", "may_hold_card_number", "redact_bytes", "redact_record",
+           "redact_text"]
 
 _MIN_DIGITS = 13
 _MAX_DIGITS = 19
@@ -27,6 +28,11 @@ _MAX_DIGITS = 19
 _RUN = re.compile(r"\d(?:[ -]?\d){12,}")
 _RUN_BYTES = re.compile(rb"[0-9](?:[ -]?[0-9]){12,}")
 _GROUP = re.compile(r"\d+")
+# A superset of _RUN over UTF-8 bytes: an ASCII digit or any multi-byte character (every
+# non-ASCII decimal digit is one) in place of each digit. Bytes without such a run hold no string
+# with a card number in it, whatever their framing, so one scan can stand in for a field walk.
+_UTF8_DIGITISH = rb"(?:[0-9]|[\xc2-\xf4][\x80-\xbf]{1,3})"
+_RUN_UTF8 = re.compile(_UTF8_DIGITISH + rb"(?:[ -]?" + _UTF8_DIGITISH + rb"){12,}")
 
 # Luhn: every second digit from the right is doubled, and a doubled digit above 9 has 9 taken off.
 _DOUBLED = (0, 2, 4, 6, 8, 1, 3, 5, 7, 9)
@@ -82,6 +88,11 @@ def _redact_run(run: str) -> tuple[str, int]:
     return "".join(chars), count
 
 
+def has_digit_run(text: str) -> bool:
+    """Whether ``text`` holds a run of 13+ digits a card number could hide in (one C scan)."""
+    return _RUN.search(text) is not None
+
+
 def redact_text(text: str) -> tuple[str, int]:
     """Replace every card number in ``text`` with ``*`` per digit; return the text and the count."""
     if _RUN.search(text) is None:
@@ -100,6 +111,13 @@ def redact_text(text: str) -> tuple[str, int]:
         return text, 0
     parts.append(text[last:])
     return "".join(parts), count
+
+
+def may_hold_card_number(encoded: bytes) -> bool:
+    """False when no string encoded verbatim (UTF-8) in ``encoded`` can hold a card number: Avro
+    keeps string bodies as their UTF-8 bytes, so this bounds every field at once. JSON escapes
+    (``\\u0034``) hide digits from it: use it only on binary encodings."""
+    return _RUN_UTF8.search(encoded) is not None
 
 
 def redact_bytes(data: bytes) -> tuple[bytes, int]:

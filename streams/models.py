@@ -9,8 +9,10 @@ rules_only). A challenger registered as shadow is scored and logged but never de
 from __future__ import annotations
 
 import logging
+import time
 
 from agents.evaluator import Evaluator
+from agents.executor import CircuitBreaker, Executor
 from agents.pipeline import BoosterScorer, DecisionPipeline
 from agents.planner import ExperimentSplit, Planner
 from scoring.online import make_online
@@ -48,4 +50,16 @@ def build_pipeline(settings: Settings) -> DecisionPipeline:
         RuleEngine.from_file(), _scorer(champion, "champion"),
         challenger=None if shadow else _scorer(challenger, "challenger"),
         shadow=_scorer(challenger, "shadow") if shadow else None,
-        online=make_online(), planner=Planner(split), evaluator=evaluator)
+        online=make_online(), planner=Planner(split), evaluator=evaluator,
+        make_executor=cpu_timed_executor)
+
+
+def cpu_timed_executor() -> Executor:
+    """The model's time budget counted in this thread's CPU seconds, not wall seconds.
+
+    On a busy machine a batch call can wait for a core (or for the GIL) longer than the model
+    takes; wall time would then turn a busy worker's verdicts into rules-only fallbacks. CPU time
+    charges the model only for its own work, so a model that has really become slow still times
+    out. The circuit breaker's cool-down stays in wall seconds.
+    """
+    return Executor(clock=time.thread_time, breaker=CircuitBreaker(clock=time.monotonic))

@@ -287,12 +287,12 @@ class TerminalStage:
                 "fallbacks": list(parts.shadow.fallbacks)},
         }
         value = self.codec.encode("verdict", record, topic=self.decisions)
-        metrics.VERDICTS.labels(parts.decision).inc()
+        metrics.child(metrics.VERDICTS, parts.decision).inc()
         for fallback in parts.fallbacks:
-            metrics.FALLBACKS.labels(fallback).inc()
+            metrics.child(metrics.FALLBACKS, fallback).inc()
         for check in parts.guardrails:
             if not check.passed:
-                metrics.GUARDRAIL_FAILURES.labels(check.name).inc()
+                metrics.child(metrics.GUARDRAIL_FAILURES, check.name).inc()
         source_ts = event["source_timestamp_ms"]
         if source_ts is not None:
             metrics.VERDICT_LATENCY.observe(max(0.0, now - source_ts / 1000.0))

@@ -312,14 +312,14 @@ class FraudLane:
             self._send(self.routing.hand_over(outcome_raws))
         for stage, seconds in timings.items():
             if seconds:
-                metrics.STAGE_SECONDS.labels(stage).observe(seconds)
+                metrics.child(metrics.STAGE_SECONDS, stage).observe(seconds)
         metrics.BATCH_RECORDS.observe(len(batch))
-        metrics.STAGE_SECONDS.labels("batch").observe(time.perf_counter() - started)
+        metrics.child(metrics.STAGE_SECONDS, "batch").observe(time.perf_counter() - started)
 
     def _send(self, out: Output) -> None:
         assert self.outbox is not None
         self.outbox.send(out.topic, out.key, out.value)
-        metrics.EVENTS_OUT.labels(out.topic).inc()
+        metrics.child(metrics.EVENTS_OUT, out.topic).inc()
 
     # -- card stage --------------------------------------------------------------------------
 
@@ -420,7 +420,7 @@ class FraudLane:
 
     def _terminal(self, raw: bytes, src: Source, received: float) -> None:
         assert self.gate is not None
-        metrics.EVENTS_IN.labels(src.topic).inc()
+        metrics.child(metrics.EVENTS_IN, src.topic).inc()
         try:
             event = self.terminal_stage.decode(raw)
         except Exception as exc:  # our own topic, so a bug: keep the record, say why
@@ -482,7 +482,7 @@ class FraudLane:
         except Exception:  # the chain never raises; this is the stage's own code failing
             log.exception("deciding a batch failed; deciding each without features")
             verdicts = [self._without_state(-1, p.event, p.started) for p in batch]
-        metrics.STAGE_SECONDS.labels("decide").observe(time.perf_counter() - t0)
+        metrics.child(metrics.STAGE_SECONDS, "decide").observe(time.perf_counter() - t0)
         for verdict in verdicts:
             self._emit(verdict)
 

@@ -12,6 +12,9 @@ from pathlib import Path
 from streams.config import HANDBOOK_DIR, Settings
 from streams.simulator.scenarios import scenario_names
 
+# `rakshit worker --loglevel` names, as Faust spells them, for the raw passthrough's logging.
+LOG_LEVELS = {"crit": 50, "error": 40, "warn": 30, "info": 20, "debug": 10}
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rakshit", description=__doc__)
@@ -27,8 +30,11 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="run the Faust worker")
     worker.add_argument("--loglevel", default="info",
                         choices=("crit", "error", "warn", "info", "debug"))
-    worker.add_argument("--passthrough", action="store_true",
-                        help="forward transactions untouched (the benchmark's baseline)")
+    worker.add_argument("--passthrough", nargs="?", const="faust", default=None,
+                        choices=("faust", "raw"),
+                        help="forward transactions untouched, the benchmark's baselines: faust "
+                             "(also a bare --passthrough) on the worker's Faust client, raw on "
+                             "confluent-kafka alone")
 
     simulate = sub.add_parser("simulate", help="produce gateway traffic")
     simulate.add_argument("--scenario", default="normal", choices=scenario_names())
@@ -78,9 +84,15 @@ def build_parser() -> argparse.ArgumentParser:
                           help="where the ROC and precision-recall PNGs go")
 
     bench = sub.add_parser("bench", help="benchmarks that print figures")
-    bench.add_argument("what", choices=("pipeline", "scoring", "healing"))
+    bench.add_argument("what", choices=("pipeline", "scoring", "healing", "state"))
     bench.add_argument("--transactions", type=int, default=20_000)
     bench.add_argument("--rounds", type=int, default=3)
+    bench.add_argument("--workers", type=int, default=1,
+                       help="pipeline: worker processes sharing the topics in the worker runs")
+    bench.add_argument("--traffic", default="handbook", choices=("handbook", "simulator"),
+                       help="pipeline: the transactions (see streams.bench._records)")
+    bench.add_argument("--cards", type=int, default=1_000_000,
+                       help="state: card states written to the changelog and recovered")
     bench.add_argument("--seeds", type=int, default=3,
                        help="healing: runs per scenario (medians are reported)")
     bench.add_argument("--month-rate", type=float, default=0.5,
@@ -158,11 +170,23 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     if args.command == "worker":
-        from streams.app import run_worker
         from streams.broker import ensure_broker
 
         ensure_broker(settings)
-        run_worker(settings, args.loglevel, passthrough=args.passthrough)
+        if args.passthrough == "raw":
+            import logging
+
+            from streams.admin import ensure_topics
+            from streams.hotpath.passthrough import run_raw_passthrough
+
+            logging.basicConfig(level=LOG_LEVELS[args.loglevel],
+                                format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+            ensure_topics(settings)
+            run_raw_passthrough(settings)
+            return 0
+        from streams.app import run_worker
+
+        run_worker(settings, args.loglevel, passthrough=args.passthrough == "faust")
         return 0
 
     if args.command == "simulate":
@@ -240,10 +264,19 @@ def main(argv: list[str] | None = None) -> int:
             from streams.bench import bench_scoring
 
             result = bench_scoring(settings)
-        else:
+            print(json.dumps(result, indent=2))
+        elif args.what == "state":
+            from streams.hotpath.state_bench import bench_state
+
             ensure_broker(settings)
-            result = bench_pipeline(settings, args.transactions, args.rounds)
-        print(json.dumps(result, indent=2))
+            result = bench_state(settings, cards=args.cards)
+            print(json.dumps(result, indent=2))
+        else:
+            # bench_pipeline prints each run as it goes and the table of medians and ratios;
+            # every figure is in the JSON summary.
+            ensure_broker(settings)
+            result = bench_pipeline(settings, args.transactions, args.rounds,
+                                    workers=args.workers, traffic=args.traffic)
         if args.summary_json:
             args.summary_json.parent.mkdir(parents=True, exist_ok=True)
             args.summary_json.write_text(json.dumps(result, indent=2) + "\n")

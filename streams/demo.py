@@ -225,8 +225,12 @@ def _spawn(settings: Settings, log_name: str, *args: str) -> tuple[subprocess.Po
 
 
 def start_worker(settings: Settings, log_name: str,
-                 passthrough: bool = False) -> tuple[subprocess.Popen[bytes], str]:
-    extra = ["--passthrough"] if passthrough else []
+                 passthrough: str | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    """`rakshit worker` as its own process; passthrough "faust" or "raw" starts that benchmark
+    baseline instead (`rakshit worker --passthrough MODE`)."""
+    if passthrough not in (None, "faust", "raw"):
+        raise ValueError(f"passthrough must be None, 'faust' or 'raw', not {passthrough!r}")
+    extra = ["--passthrough", passthrough] if passthrough else []
     proc, log_path = _spawn(settings, log_name, "worker", "--loglevel", "warn", *extra)
     return proc, str(log_path)
 
@@ -313,14 +317,19 @@ def demo_customers(rate: float) -> int:
     return int(min(200_000, max(2_000, rate * 100)))
 
 
+PERCENTILES = {"p50": 50.0, "p90": 90.0, "p99": 99.0, "p99.9": 99.9}
+
+
 def percentiles(values: list[float]) -> dict[str, float | None]:
+    """p50, p90, p99, p99.9 and max (None each without values). With fewer than a thousand
+    values p99.9 is an interpolation towards the maximum, not a measured tail."""
     if not values:
-        return {"p50": None, "p90": None, "p99": None, "max": None}
+        return {**dict.fromkeys(PERCENTILES), "max": None}
     arr = np.asarray(values)
-    return {"p50": round(float(np.percentile(arr, 50)), 2),
-            "p90": round(float(np.percentile(arr, 90)), 2),
-            "p99": round(float(np.percentile(arr, 99)), 2),
-            "max": round(float(arr.max()), 2)}
+    out: dict[str, float | None] = {key: round(float(np.percentile(arr, q)), 2)
+                                    for key, q in PERCENTILES.items()}
+    out["max"] = round(float(arr.max()), 2)
+    return out
 
 
 def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
@@ -450,7 +459,7 @@ def print_summary(s: dict[str, Any]) -> None:
           f"({s['bad_records_injected']} malformed records injected)")
     print(f"  decisions               {s['decisions']}")
     print(f"  latency produce->verdict p50 {lat['p50']} ms, p90 {lat['p90']} ms, "
-          f"p99 {lat['p99']} ms, max {lat['max']} ms")
+          f"p99 {lat['p99']} ms, p99.9 {lat['p99.9']} ms, max {lat['max']} ms")
     print(f"  throughput              {s['throughput_tps']} verdicts/s")
     routing = s["routing"]
     if s["outage_wall_s"]:

@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,16 +21,17 @@ from streams.topics import Topic, topic_name
 class WorkerProcess:
     """`rakshit worker` as its own OS process, so a test can kill -9 it like production would."""
 
-    def __init__(self, settings: Settings, log_path: Path) -> None:
+    def __init__(self, settings: Settings, log_path: Path, args: Sequence[str] = ()) -> None:
         self.settings = settings
         self.log_path = log_path
+        self.args = tuple(args)  # more `rakshit worker` options, e.g. ("--passthrough", "raw")
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, wait: bool = True) -> WorkerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "streams.cli", "worker", "--loglevel", "warn"],
+                [sys.executable, "-m", "streams.cli", "worker", "--loglevel", "warn", *self.args],
                 stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
                 env={**os.environ, **self.settings.to_env()}, start_new_session=True)
         if wait:

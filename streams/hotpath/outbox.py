@@ -91,7 +91,8 @@ class Outbox:
         return ready
 
     def drain(self, timeout_s: float = 30.0) -> Offsets:
-        """Close the open epoch and wait for every delivery (a rebalance or a stop)."""
+        """Wait for every delivery, then return what is committable (a rebalance or a stop; the
+        caller closes the epoch first)."""
         remaining = self.producer.flush(timeout_s)
         if remaining:
             raise DeliveryFailed(f"{remaining} record(s) still undelivered after {timeout_s} s")

@@ -7,8 +7,9 @@ trained on, and is it still right?
   low-confidence, so an unexplainable score never declines on its own (see ``agents.decision``).
 - **Periodically**: recent scores and feature values are kept in bounded samples, and every
   ``drift_every`` observations PSI is computed against the registry's baselines
-  (``scoring.drift``). Periodic, not per verdict, because PSI needs a population, and the cost
-  (one binning per feature over the sample) is then paid once per thousand verdicts.
+  (``scoring.drift``). Periodic, not per verdict, because PSI needs a population; by default once
+  per sample size, so each report reads a sample no earlier report has seen and the cost (one
+  binning per feature over the sample) is paid once per 5,000 verdicts.
 - **From labels**: rolling AUC and AP over the last ``metrics_window`` labelled scores, and the
   false-positive rate analysts report on flagged payments: the share of REVIEW/DECLINE found
   genuine (strictly 1 - precision of the flags; the textbook FP / (FP + TN) would need labels on
@@ -53,7 +54,7 @@ class LabelMetrics:
 
 
 class Evaluator:
-    def __init__(self, baselines: Mapping[str, Baseline] | None = None, drift_every: int = 1_000,
+    def __init__(self, baselines: Mapping[str, Baseline] | None = None, drift_every: int = 5_000,
                  sample_size: int = 5_000, metrics_window: int = 5_000,
                  feedback_window: int = 1_000, min_feedback: int = 50,
                  tolerance: float = DEFAULT_TOLERANCE) -> None:

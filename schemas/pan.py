@@ -33,6 +33,10 @@ _GROUP = re.compile(r"\d+")
 # with a card number in it, whatever their framing, so one scan can stand in for a field walk.
 _UTF8_DIGITISH = rb"(?:[0-9]|[\xc2-\xf4][\x80-\xbf]{1,3})"
 _RUN_UTF8 = re.compile(_UTF8_DIGITISH + rb"(?:[ -]?" + _UTF8_DIGITISH + rb"){12,}")
+# Every byte _RUN_UTF8 can match kept as itself, every other byte mapped to NUL (not matchable).
+_MATCHABLE = {*b"0123456789 -", *range(0x80, 0xC0), *range(0xC2, 0xF5)}
+_RUN_UTF8_BYTES = bytes(b if b in _MATCHABLE else 0 for b in range(256))
+_STRETCH = re.compile(rb"[^\x00]{%d,}" % _MIN_DIGITS)
 
 # Luhn: every second digit from the right is doubled, and a doubled digit above 9 has 9 taken off.
 _DOUBLED = (0, 2, 4, 6, 8, 1, 3, 5, 7, 9)
@@ -116,8 +120,15 @@ def redact_text(text: str) -> tuple[str, int]:
 def may_hold_card_number(encoded: bytes) -> bool:
     """False when no string encoded verbatim (UTF-8) in ``encoded`` can hold a card number: Avro
     keeps string bodies as their UTF-8 bytes, so this bounds every field at once. JSON escapes
-    (``\\u0034``) hide digits from it: use it only on binary encodings."""
-    return _RUN_UTF8.search(encoded) is not None
+    (``\\u0034``) hide digits from it: use it only on binary encodings.
+
+    A match can only lie within bytes the pattern can match at all, so the backtracking pattern
+    runs only on stretches of 13 or more such bytes (found by one translate and a plain scan):
+    a fifth of the time on a transaction, which every record admitted pays."""
+    for stretch in _STRETCH.finditer(encoded.translate(_RUN_UTF8_BYTES)):
+        if _RUN_UTF8.search(encoded, stretch.start(), stretch.end()) is not None:
+            return True
+    return False
 
 
 def redact_bytes(data: bytes) -> tuple[bytes, int]:

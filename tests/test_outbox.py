@@ -29,8 +29,8 @@ class RecordingProducer:
     def __init__(self) -> None:
         self.pending: list[Callable[[Any, Any], None]] = []
 
-    def produce(self, topic: str, value: bytes, key: bytes | None, *,
-                on_delivery: Callable[[Any, Any], None], **_: Any) -> None:
+    def produce(self, topic: str, value: bytes, key: bytes | None, partition: int,
+                on_delivery: Callable[[Any, Any], None]) -> None:
         self.pending.append(on_delivery)
 
     def poll(self, timeout: float = 0) -> int:

@@ -8,11 +8,11 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 import fastavro
-from hypothesis import example, given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from schemas.codec import SingleObjectCodec, load_schema
-from schemas.pan import luhn_valid, redact_bytes, redact_record, redact_text
+from schemas.pan import luhn_valid, may_hold_card_number, redact_bytes, redact_record, redact_text
 
 # Network test numbers as people type them: Visa, Mastercard (spaced), Amex, Discover (dashed).
 TEST_PANS = ["4111111111111111", "5500 0000 0000 0004", "340000000000009", "6011-0000-0000-0004"]
@@ -175,3 +175,15 @@ def test_bytes_match_text_redaction(data: bytes) -> None:
     redacted, count = redact_bytes(data)
     text, text_count = redact_text(data.decode("ascii"))
     assert (redacted, count) == (text.encode("ascii"), text_count)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.one_of(st.binary(max_size=12), st.sampled_from(
+    [b"4111 1111 1111 1111", b"4111-1111-1111-111", ("\uff14" + "\uff11" * 12).encode(), b" ", b"-",
+     b"\x00", b"\xc3"])), max_size=12))
+def test_the_fast_card_number_scan_finds_exactly_what_the_full_pattern_finds(
+        parts: list[bytes]) -> None:
+    from schemas.pan import _RUN_UTF8
+
+    data = b"".join(parts)
+    assert may_hold_card_number(data) == (_RUN_UTF8.search(data) is not None)

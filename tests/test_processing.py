@@ -91,3 +91,12 @@ def test_the_demo_bad_records_each_land_with_the_reason_they_claim(processor: Pr
 def test_a_currency_without_a_reference_rate_is_refused(processor: Processor) -> None:
     # Amount features are computed in euros; an amount we cannot convert would mislead the model.
     assert reason_of(processor, admit(processor, transaction(1, currency="XAU"))) == "invalid_value"
+
+
+def test_verdict_id_is_the_uuid5_of_the_transaction_id() -> None:
+    import uuid
+
+    from streams.processing import VERDICT_NAMESPACE, verdict_id
+
+    for tx_id in ("tx-1", "hb-872795", "é-unicode", ""):
+        assert verdict_id(tx_id) == str(uuid.uuid5(VERDICT_NAMESPACE, tx_id))

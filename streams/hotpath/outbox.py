@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 from collections import deque
-from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
 
@@ -35,15 +34,16 @@ class DeliveryFailed(RuntimeError):
 
 
 class Epoch:
-    __slots__ = ("errors", "inflight", "number", "offsets")
+    __slots__ = ("delivered", "errors", "inflight", "number", "offsets")
 
     def __init__(self, number: int) -> None:
         self.number = number
+        self.delivered = self._delivered  # bound once: produce() is called for every record
         self.inflight = 0
         self.offsets: Offsets = {}
         self.errors: list[str] = []
 
-    def delivered(self, err: KafkaError | None, msg: Message) -> None:
+    def _delivered(self, err: KafkaError | None, msg: Message) -> None:
         self.inflight -= 1
         if err is not None:
             self.errors.append(f"{msg.topic()}[{msg.partition()}]: {err.str()}")
@@ -60,10 +60,10 @@ class Outbox:
              partition: int | None = None) -> None:
         """Hand a record to the producer; a full queue is waited out, never dropped."""
         epoch = self.open
-        extra: dict[str, Any] = {} if partition is None else {"partition": partition}
         while True:
-            try:
-                self.producer.produce(topic, value, key, on_delivery=epoch.delivered, **extra)
+            try:  # positional: produce(topic, value, key, partition, on_delivery); -1 = by key
+                self.producer.produce(topic, value, key, -1 if partition is None else partition,
+                                      epoch.delivered)
                 break
             except BufferError:
                 metrics.SEND_RETRIES.labels(topic).inc()

@@ -18,16 +18,19 @@ idempotent per transaction id (``scoring.features``), so the repeated records ch
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from typing import Any
 
+import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 
 def encode_value(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":")).encode()
+    """Compact JSON (orjson: a tenth of the standard library's time for a card's state, which
+    every checkpoint writes for every card that changed). Feature state holds no NaN or infinity,
+    which orjson would write as null."""
+    return orjson.dumps(value)
 
 
 class Store:
@@ -89,7 +92,7 @@ def recover(config: dict[str, Any], topic: str, partition: int,
         consumer.assign([TopicPartition(topic, partition, OFFSET_BEGINNING)])
         deadline = started + timeout_s
         last = low - 1
-        loads = json.loads
+        loads = orjson.loads
         while last < high - 1:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"recovering {topic}[{partition}]: read {read} records, "

@@ -102,7 +102,7 @@ class ThresholdConfig:
             raise ValueError("queue_high_water must be within [0, 1)")
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Thresholds:
     review: float
     decline: float
@@ -136,7 +136,7 @@ def adapt_thresholds(config: ThresholdConfig, tier: str = NORMAL_TIER, queue_dep
     return Thresholds(review, decline, tuple(notes))
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Confidence:
     low: bool
     reasons: tuple[str, ...]
@@ -154,7 +154,7 @@ def assess_confidence(config: ThresholdConfig, disagreement: float | None = None
     return Confidence(bool(reasons), tuple(reasons))
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class DecisionRecord:
     """What was decided and why, in the order the reasons applied."""
 

@@ -32,7 +32,7 @@ __all__ = ["SCORE", "Evaluator", "ExplanationCheck", "LabelMetrics"]
 FLAGGED = ("REVIEW", "DECLINE")
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class ExplanationCheck:
     required: bool
     present: bool

@@ -82,7 +82,7 @@ NOT_PROTECTED = {
 }
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Check:
     name: str
     passed: bool
@@ -94,7 +94,7 @@ class Check:
         return PASS if self.passed else self.on_fail
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class GuardrailOutcome:
     checks: tuple[Check, ...]
     action: str  # pass | review | block

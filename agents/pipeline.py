@@ -114,7 +114,7 @@ _BLEND = BlendConfig()
 
 # -- the risk scorer ------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class ScoreResult:
     probability: float
     margin: float  # raw score (log-odds) from a plain prediction
@@ -215,7 +215,7 @@ class BoosterScorer:
 
 # -- inputs and outputs ---------------------------------------------------------------------------
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class DecisionContext:
     """Per-transaction facts from the worker, as plain data.
 
@@ -234,7 +234,7 @@ class DecisionContext:
     upstream_error: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class ShadowScore:
     """The shadow model's score: recorded for comparison, never acted on."""
 
@@ -243,7 +243,7 @@ class ShadowScore:
     fallbacks: tuple[str, ...]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Trace:
     """Every agent's record for this verdict (logs and tests; not all of it is in the verdict)."""
 
@@ -257,7 +257,7 @@ class Trace:
     explain_ms: float
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class VerdictParts:
     decision: str
     score: float

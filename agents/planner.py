@@ -54,7 +54,7 @@ class ExperimentSplit:
         return self.challenger_share > 0.0 or self.shadow_share > 0.0
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class ModelHealth:
     """Which models are loaded and usable (not rejected by a guardrail)."""
 
@@ -63,13 +63,13 @@ class ModelHealth:
     shadow: bool = False
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class FeatureHealth:
     live: bool
     cached_age_s: float | None = None  # None: no cached copy
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Plan:
     use_model: bool
     arm: str  # NONE | CHAMPION | CHALLENGER

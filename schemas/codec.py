@@ -92,7 +92,7 @@ def _rebuild_encode_error(message: str, field: str | None) -> EncodeError:
     return EncodeError(message, field=field)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Decoded:
     schema: str
     record: dict[str, Any]

@@ -41,7 +41,7 @@ class BlendConfig:
             raise ValueError("need 0 <= min_labels < full_labels")
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Blend:
     score: float
     model_probability: float | None

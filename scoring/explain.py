@@ -44,7 +44,7 @@ Contribution = tuple[str, float, float]
 DEFAULT_TOLERANCE = 1e-6
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Explanation:
     """Every feature's contribution (largest magnitude first) and the base value they start from."""
 

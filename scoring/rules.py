@@ -36,7 +36,7 @@ class Rule:
         return value is not None and _OPS[self.op](value, self.threshold)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class RuleHit:
     rule_id: str
     reason: str

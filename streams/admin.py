@@ -75,11 +75,11 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> dict[str, str]
                 if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
                     raise
                 result[name] = "exists"
-        _wait_for_leaders(admin, [t.topic for t in wanted], timeout_s)
+        wait_for_leaders(admin, [t.topic for t in wanted], timeout_s)
     return result
 
 
-def _wait_for_leaders(admin: AdminClient, names: list[str], timeout_s: float) -> None:
+def wait_for_leaders(admin: AdminClient, names: list[str], timeout_s: float) -> None:
     """A created topic is usable only once every partition has a leader; callers read offsets
     straight away, so return only then."""
     deadline = time.monotonic() + timeout_s

@@ -81,6 +81,10 @@ STATE_RECOVERY = Histogram("rakshit_state_recovery_seconds",
 HELD_DECISIONS = Gauge("rakshit_held_decisions",
                        "Transactions observed but not yet decided: their terminal history is "
                        "incomplete until every input partition's watermark passes.")
+WATERMARK_WAIT = Histogram("rakshit_watermark_wait_seconds",
+                           "Seconds a held transaction waited for the watermarks before its "
+                           "decision (only those that had to wait).",
+                           buckets=(0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 30))
 WATERMARK_TIMEOUTS = Counter("rakshit_watermark_timeouts",
                              "Decisions made after waiting the longest allowed for watermarks "
                              "(fallback watermark_timeout: terminal history may be incomplete).")

@@ -27,7 +27,7 @@ VERDICT_NAMESPACE = uuid.UUID("6f1d2c1e-8a4b-4f0e-9a57-52a4b7d1c0de")
 _NAMESPACE_BYTES = VERDICT_NAMESPACE.bytes
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Source:
     """Where a record was read from; travels into the dead letter so nothing is untraceable."""
 
@@ -38,7 +38,7 @@ class Source:
     timestamp_ms: float | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Output:
     topic: str
     key: bytes
@@ -47,7 +47,7 @@ class Output:
     follow_ups: tuple[Output, ...] = ()  # sent right after this one (a customer notification)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Admitted:
     record: dict[str, Any]
     pan_redactions: int

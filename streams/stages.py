@@ -128,7 +128,7 @@ class CardStage:
         return Output(self.topic, str(terminal).encode(), value)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Prepared:
     """A transaction observed at its terminal, with its features, waiting for its verdict."""
 

@@ -44,7 +44,7 @@ from streams import metrics
 from streams.casework import CaseStage
 from streams.config import Settings
 from streams.hotpath.outbox import Offsets, Outbox
-from streams.hotpath.store import Store, recover
+from streams.hotpath.store import Store, partition_bounds, recover
 from streams.hotpath.watermarks import CAUGHT_UP, WatermarkGate, source
 from streams.models import build_pipeline
 from streams.processing import (
@@ -121,7 +121,7 @@ class FraudLane:
     # -- set-up ------------------------------------------------------------------------------
 
     def _ensure_changelogs(self) -> None:
-        from streams.admin import admin_client
+        from streams.admin import admin_client, wait_for_leaders
 
         admin = admin_client(self.settings)
         meta = admin.list_topics(timeout=30).topics
@@ -139,6 +139,9 @@ class FraudLane:
             except Exception as exc:  # another worker created it first
                 if "TOPIC_ALREADY_EXISTS" not in str(exc):
                     raise
+        # Created a moment ago (here or by another worker starting beside this one): recovery
+        # reads their offsets at once, which a partition without a leader yet refuses.
+        wait_for_leaders(admin, [self.cards.changelog, self.terminals.changelog], 60.0)
         counts = {t: len(meta[self.topics[t]].partitions)
                   for t in (Topic.TRANSACTIONS, Topic.LABELS, Topic.SCORING)}
         self.gate = WatermarkGate(counts[Topic.TRANSACTIONS], counts[Topic.LABELS])
@@ -209,7 +212,7 @@ class FraudLane:
     def _changelog_high(self, store: Store, partition: int) -> int:
         assert self.consumer is not None
         tp = TopicPartition(store.changelog, partition)
-        return int(self.consumer.get_watermark_offsets(tp, timeout=10, cached=False)[1])
+        return partition_bounds(self.consumer, tp, time.monotonic() + 60.0)[1]
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Hand the partitions over clean: everything done so far durable and committed."""
@@ -513,6 +516,7 @@ class FraudLane:
                 metrics.WATERMARK_TIMEOUTS.inc()
             held.popleft()
             released = True
+            metrics.WATERMARK_WAIT.observe(max(0.0, now - head.started))
             self._prepare(q, head.event, head.started, waited_out)
         if released:
             metrics.HELD_DECISIONS.set(sum(len(h) for h in self.held.values()))

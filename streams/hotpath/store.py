@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import orjson
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
 
 def encode_value(value: Any) -> bytes:
@@ -71,6 +71,24 @@ class Store:
         self._dirty.pop(partition, None)
 
 
+_RETRIABLE = {KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE,
+              KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError._TIMED_OUT}
+
+
+def partition_bounds(consumer: Consumer, tp: TopicPartition, deadline: float) -> tuple[int, int]:
+    """The partition's low and high offsets, asked again while its leadership is still settling
+    (a changelog created a moment ago by a worker starting beside this one)."""
+    while True:
+        try:
+            low, high = consumer.get_watermark_offsets(tp, timeout=10, cached=False)
+            return int(low), int(high)
+        except KafkaException as exc:
+            code = exc.args[0].code() if exc.args else None
+            if code not in _RETRIABLE or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
 def recover(config: dict[str, Any], topic: str, partition: int,
             timeout_s: float = 600.0) -> tuple[dict[str, Any], int, float]:
     """Read changelog partition ``partition`` to its end: (table, records read, seconds).
@@ -85,8 +103,7 @@ def recover(config: dict[str, Any], topic: str, partition: int,
     table: dict[str, Any] = {}
     read = 0
     try:
-        low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition),
-                                                   timeout=30, cached=False)
+        low, high = partition_bounds(consumer, TopicPartition(topic, partition), started + 60.0)
         if high <= low:
             return table, 0, time.monotonic() - started
         consumer.assign([TopicPartition(topic, partition, OFFSET_BEGINNING)])

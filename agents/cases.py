@@ -219,6 +219,10 @@ class CaseBook:
 
     def __init__(self, store: MutableMapping[str, Any]) -> None:
         self._store = store
+        # Unresolved case id -> opened_at (ms): the queue gauges read it instead of every case
+        # ever opened. Built by one scan on first use (the store may be a recovered table),
+        # then kept by the two places that write a case.
+        self._unresolved: dict[str, int] | None = None
 
     # -- opening ---------------------------------------------------------------------------------
 
@@ -423,12 +427,33 @@ class CaseBook:
 
     def queue_size(self) -> int:
         """Cases not yet resolved (open or claimed)."""
-        return sum(1 for e in self._entries() if e["case"]["status"] != "RESOLVED")
+        return len(self._open_index())
 
     def oldest_open_age(self, now: datetime) -> timedelta | None:
         """How long the longest-waiting unresolved case has been open (None if none is)."""
-        opened = [e["opened_at"] for e in self._entries() if e["case"]["status"] != "RESOLVED"]
+        opened = self._open_index().values()
         return now - _dt(min(opened)) if opened else None
+
+    def forget_index(self) -> None:
+        """Rebuild the unresolved index from the store on next use (the store changed under
+        this book: a table recovered after a rebalance)."""
+        self._unresolved = None
+
+    def _open_index(self) -> dict[str, int]:
+        if self._unresolved is None:
+            self._unresolved = {e["case"]["case_id"]: e["opened_at"] for e in self._entries()
+                                if e["case"]["status"] != "RESOLVED"}
+        return self._unresolved
+
+    def _indexed(self, entry: Mapping[str, Any]) -> None:
+        """Keep the unresolved index in step with a case just written."""
+        if self._unresolved is None:
+            return  # built from the store on first use, this write included
+        case = entry["case"]
+        if case["status"] == "RESOLVED":
+            self._unresolved.pop(case["case_id"], None)
+        else:
+            self._unresolved[case["case_id"]] = entry["opened_at"]
 
     def list(self, status: str | None = None, priority: int | None = None,
              assignee: str | None = None, overdue_at: datetime | None = None,
@@ -471,10 +496,11 @@ class CaseBook:
 
     def _save(self, case: Record, verdict: Mapping[str, Any], now: datetime,
               opened_at: datetime) -> None:
-        self._store[f"case:{case['case_id']}"] = {
-            "case": case, "verdict": _to_json(verdict, _VERDICT_TIMES), "pending": None,
-            "override_id": None, "opened_at": _ms(opened_at)}
+        entry = {"case": case, "verdict": _to_json(verdict, _VERDICT_TIMES), "pending": None,
+                 "override_id": None, "opened_at": _ms(opened_at)}
+        self._store[f"case:{case['case_id']}"] = entry
         self._store[f"txn:{case['transaction_id']}"] = {"case_id": case["case_id"]}
+        self._indexed(entry)
 
     @staticmethod
     def _case_out(case: Mapping[str, Any]) -> Record:
@@ -507,7 +533,9 @@ class CaseBook:
         """Apply ``changes`` as the next version, store it, and audit it."""
         before = entry["case"]
         case = {**before, **changes, "updated_at": _ms(ctx.now), "version": before["version"] + 1}
-        self._store[f"case:{case['case_id']}"] = {**entry, **(entry_changes or {}), "case": case}
+        stored = {**entry, **(entry_changes or {}), "case": case}
+        self._store[f"case:{case['case_id']}"] = stored
+        self._indexed(stored)
         audit = self._audit(ctx, case=case, before=before, detail=detail, **extra)
         return CaseResult(cases=(self._case_out(case),), audits=(audit,))
 

@@ -341,3 +341,39 @@ def test_case_commands_apply_like_method_calls(book: CaseBook) -> None:
     missing = encodes(book.apply({**command, "command": "RESOLVE", "resolution": "APPROVE",
                                   "reason": None, "expected_version": 2}, T0))
     assert missing.error is not None and missing.error.code == "MISSING_REASON"
+
+
+
+def _scanned(store: dict[str, Any], now: datetime) -> tuple[int, timedelta | None]:
+    """The queue gauges computed the slow way: every case in the store."""
+    opened = [e["opened_at"] for k, e in store.items()
+              if k.startswith("case:") and e["case"]["status"] != "RESOLVED"]
+    age = now - datetime.fromtimestamp(min(opened) / 1000, UTC) if opened else None
+    return len(opened), age
+
+
+def test_the_queue_gauges_follow_opens_resolutions_and_reopens(store: dict[str, Any]) -> None:
+    book = CaseBook(store)
+    later = T0 + timedelta(hours=2)
+    assert (book.queue_size(), book.oldest_open_age(later)) == (0, None)
+    first = claimed(book, verdict(1))
+    book.open_from_verdict(verdict(2), T0 + timedelta(minutes=5))
+    assert (book.queue_size(), book.oldest_open_age(later)) == _scanned(store, later) == (
+        2, timedelta(hours=2))
+    book.resolve(first, "ana", "analyst", "APPROVE", "known customer", later)
+    assert (book.queue_size(), book.oldest_open_age(later)) == _scanned(store, later) == (
+        1, timedelta(minutes=115))
+    # a resolved decline disputed later reopens its case: unresolved again, counted again
+    declined = verdict(3, "DECLINE")
+    case = book.dispute("tx-3", declined, "I was there", T0).cases[0]
+    book.claim(case["case_id"], "ana", "analyst", "mine", T0)
+    override = book.resolve(case["case_id"], "ana", "analyst", "DECLINE", "stolen", T0).verdicts[0]
+    assert book.queue_size() == 1
+    book.dispute("tx-3", override, "receipt", later)  # reopened now: case 2 is the oldest
+    assert (book.queue_size(), book.oldest_open_age(later)) == _scanned(store, later) == (
+        2, timedelta(minutes=115))
+    # the store changed under the book (a table recovered after a rebalance): rebuilt on request
+    store.clear()
+    assert book.queue_size() == 2
+    book.forget_index()
+    assert (book.queue_size(), book.oldest_open_age(later)) == (0, None)

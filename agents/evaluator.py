@@ -62,8 +62,9 @@ class Evaluator:
         self.drift_every = drift_every
         self.tolerance = tolerance
         self.min_feedback = min_feedback
-        self._samples: dict[str, deque[float]] = {
-            name: deque(maxlen=sample_size) for name in self.baselines}
+        # The latest verdicts' (score, features): columns are cut out only when a report is due,
+        # so a verdict costs one append, not one per feature.
+        self._recent: deque[tuple[float, Mapping[str, float]]] = deque(maxlen=sample_size)
         self._seen = 0
         self.latest_drift: dict[str, FeatureDrift] | None = None
         self._metrics = RollingMetrics(metrics_window)
@@ -91,10 +92,10 @@ class Evaluator:
 
     def observe(self, score: float, features: Mapping[str, float]
                 ) -> dict[str, FeatureDrift] | None:
-        """Add one verdict to the samples; returns a fresh drift report when one is due."""
-        for name, sample in self._samples.items():
-            value = score if name == SCORE else features.get(name)
-            sample.append(float("nan") if value is None else float(value))
+        """Add one verdict to the samples; returns a fresh drift report when one is due.
+        ``features`` is read when a report is due: hand over a mapping nobody changes after."""
+        if self.baselines:
+            self._recent.append((score, features))
         self._seen += 1
         if self.baselines and self._seen % self.drift_every == 0:
             self.latest_drift = self.drift_now()
@@ -102,7 +103,10 @@ class Evaluator:
         return None
 
     def drift_now(self) -> dict[str, FeatureDrift]:
-        return drift_report(self.baselines, {n: list(s) for n, s in self._samples.items()})
+        nan = float("nan")
+        columns = {name: [score if name == SCORE else _value(features.get(name), nan)
+                          for score, features in self._recent] for name in self.baselines}
+        return drift_report(self.baselines, columns)
 
     # -- from labels ------------------------------------------------------------------------------
 
@@ -123,3 +127,7 @@ class Evaluator:
         if len(self._feedback) < self.min_feedback:
             return None
         return sum(self._feedback) / len(self._feedback)
+
+
+def _value(value: float | None, missing: float) -> float:
+    return missing if value is None else float(value)

@@ -117,9 +117,20 @@ def failed_closed(exc: BaseException, checks: Iterable[Check] = ()) -> Guardrail
 
 # -- card data ------------------------------------------------------------------------------------
 
+# Strings already scanned and found free of any digit run. A verdict's strings are mostly the
+# same few hundred (check details, messages, rule reasons), so each is scanned once; bounded.
+_KNOWN_CLEAN: set[str] = set()
+_KNOWN_CLEAN_MAX = 20_000
+
+
 def check_card_data(texts: Sequence[str]) -> tuple[Check, list[str]]:
     """Scan the verdict's strings for card numbers; return the check and the strings, masked."""
-    if not has_digit_run("\n".join(texts)):  # one scan for the common case; "\n" joins no run
+    unseen = [t for t in texts if t not in _KNOWN_CLEAN]
+    # One scan for the common case; "\n" joins no run, so a text is clean on its own or not.
+    if not unseen or not has_digit_run("\n".join(unseen)):
+        if len(_KNOWN_CLEAN) + len(unseen) > _KNOWN_CLEAN_MAX:
+            _KNOWN_CLEAN.clear()
+        _KNOWN_CLEAN.update(unseen)
         return Check("card_data", True, "no card number in the verdict"), list(texts)
     masked: list[str] = []
     found = 0

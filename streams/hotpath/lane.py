@@ -149,7 +149,8 @@ class FraudLane:
 
     def _connect(self) -> None:
         self.producer = Producer({
-            **self._base, "acks": "all", "enable.idempotence": True, "linger.ms": 1,
+            **self._base, "acks": "all", "enable.idempotence": True,
+            "linger.ms": float(os.environ.get("XLINGER", "1")),
             # Java's partitioner, so terminal ids land where any other client would put them.
             "partitioner": "murmur2_random",
             "queue.buffering.max.messages": 1_000_000,
@@ -161,7 +162,9 @@ class FraudLane:
             "partition.assignment.strategy": "range",
             # A killed worker's partitions move once its session expires: 10 s, not 45.
             "session.timeout.ms": 10_000, "heartbeat.interval.ms": 2_000,
-            "enable.partition.eof": False})
+            "enable.partition.eof": False,
+            "fetch.wait.max.ms": int(os.environ.get("XFWAIT", "500")),
+            "fetch.min.bytes": int(os.environ.get("XFMIN", "1"))})
         self.consumer.subscribe(list(self.topics.values()), on_assign=self._on_assign,
                                 on_revoke=self._on_revoke, on_lost=self._on_lost)
 

@@ -104,8 +104,15 @@ class Evaluator:
 
     def drift_now(self) -> dict[str, FeatureDrift]:
         nan = float("nan")
-        columns = {name: [score if name == SCORE else _value(features.get(name), nan)
-                          for score, features in self._recent] for name in self.baselines}
+        columns: dict[str, list[float]] = {}
+        for name in self.baselines:
+            if name == SCORE:
+                columns[name] = [score for score, _ in self._recent]
+                continue
+            column = [features.get(name, nan) for _, features in self._recent]
+            if None in column:  # a feature present without a value counts as missing
+                column = [nan if v is None else v for v in column]
+            columns[name] = column
         return drift_report(self.baselines, columns)
 
     # -- from labels ------------------------------------------------------------------------------
@@ -128,6 +135,3 @@ class Evaluator:
             return None
         return sum(self._feedback) / len(self._feedback)
 
-
-def _value(value: float | None, missing: float) -> float:
-    return missing if value is None else float(value)

@@ -353,6 +353,15 @@ def card_amount_features(state: dict[str, Any], t_ms: int, amount: float) -> dic
     return _amount_dict(_card_scan(state, int(t_ms)), float(amount))
 
 
+def card_window_features(state: dict[str, Any], t_ms: int, amount: float) -> dict[str, float]:
+    """``card_features`` and ``card_amount_features`` together, from one scan of the card's
+    columns (what the card stage needs for every transaction)."""
+    window = _card_scan(state, int(t_ms))
+    row = _card_dict(window, int(t_ms))
+    row.update(_amount_dict(window, float(amount)))
+    return row
+
+
 def cross_border(state: dict[str, Any], country: str | None) -> float:
     """1 when the transaction's country is known and differs from the card's home country."""
     home = state.get("home")

@@ -65,8 +65,7 @@ class CardStage:
         amount = to_eur(tx["amount"], tx["currency"])
         geo = (tx["geo"]["lat"], tx["geo"]["lon"]) if tx.get("geo") else None
         state = F.card_observe(state, tx["transaction_id"], t_ms, amount, tx.get("country"), geo)
-        row = F.card_features(state, t_ms)
-        row.update(F.card_amount_features(state, t_ms, amount))
+        row = F.card_window_features(state, t_ms, amount)
         row.update(F.card_profile_features(state, t_ms, tx.get("country"), geo))
         row["card_decline_rate_7d"] = F.card_decline_rate(outcomes, t_ms)
         amounts = record_amount(amounts, t_ms, tx["transaction_id"], float(tx["amount"]),

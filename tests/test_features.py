@@ -95,6 +95,8 @@ def test_card_windows_are_right_closed_and_include_the_current_transaction() -> 
     assert amounts["CUSTOMER_ID_AMOUNT_TO_MEDIAN_30DAY_WINDOW"] == 40.0 / 25.0
     assert amounts["CUSTOMER_ID_AMOUNT_ZSCORE_30DAY_WINDOW"] == pytest.approx(
         (40 - 20) / (200 / 3) ** 0.5)
+    # what the card stage calls: both from one scan, the same values
+    assert F.card_window_features(state, t, 40.0) == {**f, **amounts}
 
 
 def test_first_transaction_has_no_history() -> None:

@@ -71,6 +71,12 @@ LAG_EVERY_S = 5.0
 # so the default spends a sixth of the lane's time collecting garbage that reference counting
 # frees anyway. 50,000 keeps cycles collected, a few times a second instead of hundreds.
 GC_THRESHOLDS = (50_000, 20, 10)
+# Fewer, larger requests: at 1,000 tx/s with linger 1 ms and fetches answered at the first byte,
+# the broker spent most of a core on tiny requests and every process queued for CPU (demo p99
+# 283 ms; with these, measured in the same session, see the README). Each bounds what a hop adds.
+LINGER_MS = 2
+FETCH_WAIT_MS = 5
+FETCH_MIN_BYTES = 64 * 1024
 
 
 def changelog_topic(settings: Settings, store: str) -> str:
@@ -150,7 +156,7 @@ class FraudLane:
     def _connect(self) -> None:
         self.producer = Producer({
             **self._base, "acks": "all", "enable.idempotence": True,
-            "linger.ms": float(os.environ.get("XLINGER", "1")),
+            "linger.ms": LINGER_MS,
             # Java's partitioner, so terminal ids land where any other client would put them.
             "partitioner": "murmur2_random",
             "queue.buffering.max.messages": 1_000_000,
@@ -163,8 +169,7 @@ class FraudLane:
             # A killed worker's partitions move once its session expires: 10 s, not 45.
             "session.timeout.ms": 10_000, "heartbeat.interval.ms": 2_000,
             "enable.partition.eof": False,
-            "fetch.wait.max.ms": int(os.environ.get("XFWAIT", "500")),
-            "fetch.min.bytes": int(os.environ.get("XFMIN", "1"))})
+            "fetch.wait.max.ms": FETCH_WAIT_MS, "fetch.min.bytes": FETCH_MIN_BYTES})
         self.consumer.subscribe(list(self.topics.values()), on_assign=self._on_assign,
                                 on_revoke=self._on_revoke, on_lost=self._on_lost)
 

@@ -95,7 +95,7 @@ class CardStage:
             "transaction_time": tx["event_time"],
             "payload": original if original is not None else self.codec.encode(
                 "transaction", tx, topic=self.topic),
-            "card_features": dict(row),
+            **card_features_out(row),
             "card_amount_history": [{"t_ms": int(t), "transaction_id": str(i),
                                      "amount": float(a), "currency": str(c)}
                                     for t, i, a, c in amounts],
@@ -125,6 +125,25 @@ class CardStage:
         }
         value = self.codec.encode("scoring_event", event, topic=self.topic)
         return Output(self.topic, str(terminal).encode(), value)
+
+
+_CARD_SET = frozenset(F.CARD_FEATURES)
+
+
+def card_features_out(row: Mapping[str, float]) -> dict[str, Any]:
+    """The hand-over's card features: a vector in ``CARD_FEATURES`` order when the row has
+    exactly those (always, unless the card state failed), else the map by name."""
+    if len(row) == len(_CARD_SET) and _CARD_SET.issuperset(row):
+        return {"card_features": {}, "card_vector": [row[n] for n in F.CARD_FEATURES]}
+    return {"card_features": dict(row), "card_vector": []}
+
+
+def card_features_in(event: Mapping[str, Any]) -> dict[str, float]:
+    """The card features a hand-over carries, by name, whichever way it carries them."""
+    vector = event.get("card_vector")
+    if vector:
+        return dict(zip(F.CARD_FEATURES, vector, strict=True))
+    return dict(event["card_features"])
 
 
 @dataclass(slots=True)
@@ -210,7 +229,7 @@ class TerminalStage:
         amount = to_eur(tx["amount"], tx["currency"])
         state = F.terminal_observe_tx(state, tx["transaction_id"], t_ms)
         row = F.transaction_features(t_ms, amount)
-        row.update(event["card_features"])
+        row.update(card_features_in(event))
         row.update(F.terminal_features(state, t_ms))
         stale = event["card_state_stale_s"]
         context = DecisionContext(

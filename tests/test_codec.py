@@ -115,6 +115,7 @@ RECORDS: dict[str, Callable[[], dict[str, Any]]] = {
         "transaction_time": T0,
         "payload": b"\xc3\x01opaque",
         "card_features": {"card_velocity_1h": 3.0},
+        "card_vector": [1.0, -0.5, 1e300, 0.0],
         "card_amount_history": [{"t_ms": 1_500_000_000_000, "transaction_id": "txn-000016",
                                  "amount": 9_950.0, "currency": "USD"}],
         "card_state_stale_s": None,

@@ -24,7 +24,6 @@ repeated verdicts equal the first ones.
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import threading
@@ -43,6 +42,7 @@ from scoring import features as F
 from streams import metrics
 from streams.casework import CaseStage
 from streams.config import Settings
+from streams.hotpath.collector import BatchCollector
 from streams.hotpath.outbox import Offsets, Outbox
 from streams.hotpath.store import Store, partition_bounds, recover
 from streams.hotpath.watermarks import CAUGHT_UP, WatermarkGate, source
@@ -66,11 +66,6 @@ POLL_S = 0.05  # wait for the first record of a batch at most this long
 MARK_EVERY_S = 0.1  # watermark events to every terminal partition this often
 MAX_HOLD_S = 30.0  # a decision waits for watermarks at most this long (then says so)
 LAG_EVERY_S = 5.0
-# Python's cyclic collector runs its youngest generation every 700 allocations by default; a
-# batch allocates hundreds of thousands of short-lived objects (records, dicts, verdict parts),
-# so the default spends a sixth of the lane's time collecting garbage that reference counting
-# frees anyway. 50,000 keeps cycles collected, a few times a second instead of hundreds.
-GC_THRESHOLDS = (50_000, 20, 10)
 # Fewer, larger requests: at 1,000 tx/s with linger 1 ms and fetches answered at the first byte,
 # the broker spent most of a core on tiny requests and every process queued for CPU (demo p99
 # 283 ms; with these, measured in the same session, see the README). Each bounds what a hop adds.
@@ -123,6 +118,7 @@ class FraudLane:
         self.outbox: Outbox | None = None
         self.gate: WatermarkGate | None = None
         self.terminal_partitions = 0
+        self.collector: BatchCollector | None = None
 
     # -- set-up ------------------------------------------------------------------------------
 
@@ -214,6 +210,8 @@ class FraudLane:
                 metrics.STATE_RECOVERY.labels(store.name).observe(seconds)
                 log.info("recovered %s[%d]: %d keys from %d changelog records in %.2f s",
                          store.name, p, len(table), read, seconds)
+        if self.collector is not None:  # the recovered state: long-lived, never walked again
+            self.collector.full()
         self.ready = True
         log.info("fraud lane assigned %d partitions", len(partitions))
 
@@ -259,11 +257,11 @@ class FraudLane:
         self._stop.set()
 
     def run(self) -> None:
-        gc.set_threshold(*GC_THRESHOLDS)  # process-wide: the lane is what allocates
         self._ensure_changelogs()
         self._connect()
         assert self.consumer is not None and self.outbox is not None
         consumer = self.consumer
+        collector = self.collector = BatchCollector()
         checkpoint_at = marks_at = lag_at = time.monotonic()
         try:
             while not self._stop.is_set():
@@ -287,8 +285,10 @@ class FraudLane:
                 if now - lag_at >= LAG_EVERY_S:
                     lag_at = now
                     self._report_lag()
+                collector.after_batch()
             self._checkpoint(wait=True)
         finally:
+            collector.close()
             consumer.close()
 
     def _process(self, batch: list[Message]) -> None:

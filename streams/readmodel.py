@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import Counter, OrderedDict, deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -160,10 +160,15 @@ class ReadModel:
         if view is not None:
             self._publish({"type": schema, "data": jsonable(view)})
 
-    def apply_threadsafe(self, loop: asyncio.AbstractEventLoop, schema: str,
-                         record: Mapping[str, Any]) -> None:
-        """Apply on ``loop`` (the API's), for a consumer running in another thread."""
-        loop.call_soon_threadsafe(self.apply, schema, record)
+    def apply_threadsafe(self, loop: asyncio.AbstractEventLoop,
+                         batch: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
+        """Apply ``(schema, record)`` pairs in order on ``loop`` (the API's), for a consumer
+        running in another thread: one call per batch (each call wakes the loop)."""
+        loop.call_soon_threadsafe(self._apply_all, list(batch))
+
+    def _apply_all(self, batch: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
+        for schema, record in batch:
+            self.apply(schema, record)
 
     def subscribe(self) -> asyncio.Queue[Event]:
         """A queue of live events for the calling event loop; call unsubscribe when done."""

@@ -347,10 +347,13 @@ def test_apply_from_another_thread_reaches_subscribers() -> None:
         queue = model.subscribe()
         loop = asyncio.get_running_loop()
         await asyncio.to_thread(model.apply, "hypothesis", hypothesis("h-9"))
-        await asyncio.to_thread(model.apply_threadsafe, loop, "audit", {"audit_id": "a"})
+        await asyncio.to_thread(model.apply_threadsafe, loop,
+                                [("audit", {"audit_id": "a"}), ("audit", {"audit_id": "b"})])
         first = await asyncio.wait_for(queue.get(), 2)
         second = await asyncio.wait_for(queue.get(), 2)
+        third = await asyncio.wait_for(queue.get(), 2)
         assert (first["type"], second["type"]) == ("hypothesis", "audit")
+        assert (second["data"]["audit_id"], third["data"]["audit_id"]) == ("a", "b")  # in order
         assert first["data"]["since"].endswith("+00:00")  # datetimes are JSON-able
 
     asyncio.run(main())

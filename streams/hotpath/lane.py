@@ -67,9 +67,11 @@ MARK_EVERY_S = 0.1  # watermark events to every terminal partition this often
 MAX_HOLD_S = 30.0  # a decision waits for watermarks at most this long (then says so)
 LAG_EVERY_S = 5.0
 # Fewer, larger requests: at 1,000 tx/s with linger 1 ms and fetches answered at the first byte,
-# the broker spent most of a core on tiny requests and every process queued for CPU (demo p99
-# 283 ms; with these, measured in the same session, see the README). Each bounds what a hop adds.
-LINGER_MS = 2
+# the broker spent most of a core on tiny requests and every process queued for CPU. Linger 2 ms
+# -> 5 ms (with the simulator's lz4 off, which the broker decompressed to validate) took the
+# broker from 53-70% to 44% of a core and the demo's p50 at 1,000 tx/s from 1.6 s to 0.3 s on
+# 2026-12-06 (`rakshit demo --rate 1000 --duration 45`). Each bounds what a hop adds.
+LINGER_MS = 5
 FETCH_WAIT_MS = 5
 FETCH_MIN_BYTES = 64 * 1024
 

@@ -126,8 +126,7 @@ class _Publisher:
             "client.id": "rakshit-simulator",
             "acks": "all",
             "enable.idempotence": True,
-            "linger.ms": 2,  # as the fraud lane's producer (streams.hotpath.lane.LINGER_MS)
-            "compression.type": "lz4",
+            "linger.ms": 5,  # as the fraud lane's producer (streams.hotpath.lane.LINGER_MS)
         })
         self._targets = {t: (topic_name(t, settings.topic_prefix), SPECS[t].schema, SPECS[t].key)
                          for t in (Topic.TRANSACTIONS, Topic.AUTH_OUTCOMES, Topic.LABELS)}

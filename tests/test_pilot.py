@@ -315,3 +315,23 @@ def test_no_probe_until_the_alternative_proves_healthy() -> None:
     feed(pilot, "C", "I", "1" * 20, 2500)  # C proves healthy
     later = pilot.on_tick(5000)
     assert steps(later) == ["STARTED"] and later[0].record["to_route"] == "C"
+
+
+def test_prob_probe_better_equals_the_term_by_term_sum() -> None:
+    """The recurrence in _beta_greater against the sum written out with lgamma for every term."""
+    import math
+
+    def lbeta(a: float, b: float) -> float:
+        return math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b)
+
+    def direct(a1: int, b1: int, a2: int, b2: int) -> float:
+        if a1 > a2:
+            return 1.0 - direct(a2, b2, a1, b1)
+        return sum(math.exp(lbeta(a2 + i, b1 + b2) - math.log(b1 + i) - lbeta(1 + i, b1)
+                            - lbeta(a2, b2)) for i in range(a1))
+
+    for probe, control in [((10, 9), (10, 5)), ((40, 31), (900, 610)), ((3000, 2900), (4000, 3700)),
+                           ((1, 0), (1, 1)), ((250, 250), (250, 0)), ((4999, 4000), (4999, 4100))]:
+        (pn, ps), (cn, cs) = probe, control
+        want = min(1.0, max(0.0, direct(1 + ps, 1 + pn - ps, 1 + cs, 1 + cn - cs)))
+        assert prob_probe_better(probe, control) == pytest.approx(want, rel=1e-9, abs=1e-12)

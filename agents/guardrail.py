@@ -103,8 +103,11 @@ class GuardrailOutcome:
     @classmethod
     def of(cls, checks: Iterable[Check], error: str | None = None) -> GuardrailOutcome:
         items = tuple(checks)
-        action = max((c.action for c in items), key=lambda a: _RANK[a], default=PASS)
-        return cls(items, action if _RANK[action] else PASS, error)
+        action, rank = PASS, 0
+        for c in items:  # the most demanding failure wins (every verdict passes here)
+            if not c.passed and _RANK[c.on_fail] > rank:
+                action, rank = c.on_fail, _RANK[c.on_fail]
+        return cls(items, action, error)
 
 
 def failed_closed(exc: BaseException, checks: Iterable[Check] = ()) -> GuardrailOutcome:
@@ -338,7 +341,7 @@ class DisparityMonitor:
         return len(self._events)
 
     def segments(self, tx: Mapping[str, Any]) -> tuple[str, ...]:
-        return tuple(str(tx.get(d) or "UNKNOWN") for d in self.config.dimensions)
+        return tuple([str(tx.get(d) or "UNKNOWN") for d in self.config.dimensions])
 
     def _expire(self) -> None:
         horizon = self._newest - self.config.window_ms

@@ -59,6 +59,7 @@ explain the floor.
 from __future__ import annotations
 
 import math
+import operator
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -160,6 +161,10 @@ class BoosterScorer:
         self._sigmoid = float(sigmoid.group(1)) if sigmoid and objective == "binary" else 1.0
         self._booster = booster
         self._names = names
+        # A 1-feature itemgetter returns the value, not a 1-tuple: wrap it so rows stay rows.
+        getter = operator.itemgetter(*names)
+        self._take: Callable[[Mapping[str, float]], tuple[float, ...]] = (
+            getter if len(names) > 1 else (lambda r: (getter(r),)))
         self._version = model_version
         self._threads = num_threads
 
@@ -179,9 +184,14 @@ class BoosterScorer:
         return explain_rows(self._booster, self.row(features), self._names, self._threads)[0]
 
     def matrix(self, rows: Sequence[Mapping[str, float]]) -> np.ndarray:
-        names = self._names
-        return np.array([[float(r.get(n, math.nan)) for n in names] for r in rows],
-                        dtype=np.float64).reshape(len(rows), len(names))
+        names, take = self._names, self._take
+        values = []
+        for r in rows:
+            try:  # every feature present (the usual case): one C call for the row
+                values.append(take(r))
+            except KeyError:
+                values.append(tuple(r.get(n, math.nan) for n in names))
+        return np.array(values, dtype=np.float64).reshape(len(rows), len(names))
 
     def score_many(self, rows: Sequence[Mapping[str, float]], explain: bool = False
                    ) -> list[ScoreResult]:
@@ -674,8 +684,11 @@ class DecisionPipeline:
                            guardrails=tuple(Check(c.name, c.passed, "") for c in outcome.checks),
                            fallbacks=_dedupe([*parts.fallbacks, "guardrail_error"]),
                            customer_message=CUSTOMER_MESSAGES["DECLINE"])
-        if check.passed:
-            return replace(parts, guardrails=(*parts.guardrails, check))
+        if check.passed:  # the common case: a field-by-field copy is a fifth of replace()'s cost
+            return VerdictParts(parts.decision, parts.score, parts.model_version, parts.arm,
+                                parts.reasons, parts.rules_fired, (*parts.guardrails, check),
+                                parts.fallbacks, parts.customer_message, parts.shadow,
+                                parts.trace)
         it = iter(masked)
         version, message = next(it), next(it)
         fallbacks = tuple(next(it) for _ in parts.fallbacks)

@@ -140,10 +140,9 @@ class VerdictCollector(threading.Thread):
         consumer = Consumer({"bootstrap.servers": self.settings.bootstrap_servers,
                              "group.id": f"rakshit-demo-{time.time_ns()}",
                              "enable.auto.commit": False, "isolation.level": "read_committed",
-                             # At most 5 ms added to a latency measured here; without a minimum
-                             # size the broker answered a fetch per verdict or two, and at
-                             # 1,000 tx/s served this reader more requests than the worker.
-                             "fetch.wait.max.ms": 5, "fetch.min.bytes": 16 * 1024})
+                             # Answered at the first byte: nothing added to a latency measured
+                             # here (a minimum size would add up to the wait at low rates).
+                             "fetch.wait.max.ms": 5})
         consumer.assign([TopicPartition(self.topic, p, o) for p, o in self.start_offsets.items()])
         self.ready.set()
         try:

@@ -67,11 +67,13 @@ MARK_EVERY_S = 0.1  # watermark events to every terminal partition this often
 MAX_HOLD_S = 30.0  # a decision waits for watermarks at most this long (then says so)
 LAG_EVERY_S = 5.0
 # Fewer, larger requests: at 1,000 tx/s with linger 1 ms and fetches answered at the first byte,
-# the broker spent most of a core on tiny requests and every process queued for CPU. Linger 2 ms
-# -> 5 ms (with the simulator's lz4 off, which the broker decompressed to validate) took the
-# broker from 53-70% to 44% of a core and the demo's p50 at 1,000 tx/s from 1.6 s to 0.3 s on
-# 2026-12-06 (`rakshit demo --rate 1000 --duration 45`). Each bounds what a hop adds.
-LINGER_MS = 5
+# the broker spent most of a core on tiny requests and every process queued for CPU. Each also
+# bounds what a hop adds at a low rate, where a record waits out the whole linger and fetch wait.
+# Measured 2026-12-06 (`rakshit demo --scenario mixed`): linger 5 ms took the broker from 53% to
+# 44% of a core at 1,000 tx/s (demo p50 1.6 s -> 0.3 s) but the p50 at 100 tx/s up by about 10 ms;
+# fetches answered at the first byte took the p50 at 100 tx/s from 20 to 14 ms and the broker at
+# 1,000 tx/s to 66%. These values keep the low rate's latency; the high rate needs CPU headroom.
+LINGER_MS = 2
 FETCH_WAIT_MS = 5
 FETCH_MIN_BYTES = 64 * 1024
 

@@ -126,7 +126,9 @@ class _Publisher:
             "client.id": "rakshit-simulator",
             "acks": "all",
             "enable.idempotence": True,
-            "linger.ms": 5,  # as the fraud lane's producer (streams.hotpath.lane.LINGER_MS)
+            "linger.ms": 2,  # as the fraud lane's producer (streams.hotpath.lane.LINGER_MS)
+            # No compression: on loopback it saves nothing, and the broker decompresses every
+            # batch to validate it.
         })
         self._targets = {t: (topic_name(t, settings.topic_prefix), SPECS[t].schema, SPECS[t].key)
                          for t in (Topic.TRANSACTIONS, Topic.AUTH_OUTCOMES, Topic.LABELS)}

@@ -210,15 +210,25 @@ def _resolve(t: Any, named: dict[str, Any]) -> Any:
     return t
 
 
+def _null_branch(union: list[Any]) -> int:
+    """Where "null" sits in a union of null and one other type (the only unions compiled)."""
+    if len(union) != 2 or "null" not in union:
+        raise Unsupported(f"union {union}")
+    return union.index("null")
+
+
 # -- writing -------------------------------------------------------------------------------------
+
+# Primitive types written by one call on the value (the names are in _Source's environment).
+_WRITE_CALLS = {"long": "_long", "int": "_int", "double": "_double", "float": "_float",
+                "bytes": "_bytes"}
+
 
 def _write(src: _Source, t: Any, var: str, ind: int, named: dict[str, Any], ns: str) -> None:
     """Statements appending ``var``'s encoding (type ``t``) through ``a``."""
     t = _resolve(t, named)
     if isinstance(t, list):
-        if len(t) != 2 or "null" not in t:
-            raise Unsupported(f"union {t}")
-        null_at = t.index("null")
+        null_at = _null_branch(t)
         other = t[1 - null_at]
         src.emit(ind, f"if {var} is None:")
         src.emit(ind + 1, f"a({_long(null_at)!r})")
@@ -237,18 +247,10 @@ def _write(src: _Source, t: Any, var: str, ind: int, named: dict[str, Any], ns: 
         raise Unsupported(f"logical type {logical}")
     elif kind == "string":
         src.emit(ind, f"a(_strings.get({var}) or _string({var}))")
-    elif kind == "long":
-        src.emit(ind, f"a(_long({var}))")
-    elif kind == "int":
-        src.emit(ind, f"a(_int({var}))")
-    elif kind == "double":
-        src.emit(ind, f"a(_double({var}))")
-    elif kind == "float":
-        src.emit(ind, f"a(_float({var}))")
+    elif kind in _WRITE_CALLS:
+        src.emit(ind, f"a({_WRITE_CALLS[kind]}({var}))")
     elif kind == "boolean":
         src.emit(ind, f"a(b'\\x01' if {var} else b'\\x00')")
-    elif kind == "bytes":
-        src.emit(ind, f"a(_bytes({var}))")
     elif kind == "null":
         src.emit(ind, f"if {var} is not None:")
         src.emit(ind + 1, "raise Unsupported('null expected')")
@@ -325,9 +327,7 @@ def _read(src: _Source, t: Any, target: str, ind: int, named: dict[str, Any], ns
     """Statements that set ``target`` to the value of type ``t`` at ``p`` and advance ``p``."""
     t = _resolve(t, named)
     if isinstance(t, list):
-        if len(t) != 2 or "null" not in t:
-            raise Unsupported(f"union {t}")
-        null_at = t.index("null")
+        null_at = _null_branch(t)
         branch = src.name("_u")
         _read_long(src, branch, ind)
         src.emit(ind, f"if {branch} == {null_at}:")

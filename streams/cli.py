@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
                           help="where the ROC and precision-recall PNGs go")
 
     bench = sub.add_parser("bench", help="benchmarks that print figures")
-    bench.add_argument("what", choices=("pipeline", "scoring", "healing", "state"))
+    bench.add_argument("what", choices=("pipeline", "lane", "scoring", "healing", "state"))
     bench.add_argument("--transactions", type=int, default=20_000)
     bench.add_argument("--rounds", type=int, default=3)
     bench.add_argument("--workers", type=int, default=1,
@@ -264,6 +264,11 @@ def main(argv: list[str] | None = None) -> int:
             from streams.bench import bench_scoring
 
             result = bench_scoring(settings)
+            print(json.dumps(result, indent=2))
+        elif args.what == "lane":
+            from streams.hotpath.lane_bench import bench_lane
+
+            result = bench_lane(settings, args.transactions)
             print(json.dumps(result, indent=2))
         elif args.what == "state":
             from streams.hotpath.state_bench import bench_state

@@ -148,6 +148,9 @@ def test_bad_input_goes_to_dead_letters_and_good_keeps_flowing(
     assert [d["reason"] for d in bad_outcomes] == ["invalid_value"]
 
     assert 'rakshit_dead_letters_total{reason="oversized"} 1.0' in scraped
+    # The lane collects garbage between batches (streams.hotpath.collector): its full pass at
+    # start and after the partitions' state was recovered is timed as a stage.
+    assert 'rakshit_stage_seconds_count{stage="gc2"}' in scraped
     # The test PAN twice (a good record, an undecodable one), plus whatever else in the dead
     # letters looks like a card number: a 13-digit epoch-millis time in the JSON records passes
     # Luhn one time in ten and is masked too (a false positive we accept over a missed card).

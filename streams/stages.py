@@ -139,7 +139,9 @@ def card_features_out(row: Mapping[str, float]) -> dict[str, Any]:
 
 
 def card_features_in(event: Mapping[str, Any]) -> dict[str, float]:
-    """The card features a hand-over carries, by name, whichever way it carries them."""
+    """The card features a hand-over carries, by name, whichever way it carries them. A vector
+    of another length (from a worker with another feature list, during a rolling upgrade) raises:
+    the terminal stage then decides that transaction without features, and says so."""
     vector = event.get("card_vector")
     if vector:
         return dict(zip(F.CARD_FEATURES, vector, strict=True))

@@ -52,7 +52,7 @@ class RunFailed(RuntimeError):
 TRAFFIC = ("handbook", "simulator")
 
 
-def _records(settings: Settings, count: int, seed: int,
+def benchmark_records(settings: Settings, count: int, seed: int,
              traffic: str = "handbook") -> list[tuple[bytes, bytes]]:
     """The benchmark's transactions, encoded once. ``handbook``: the public data set's
     transactions from 2018-07-01 on, the traffic the champion was trained on, so reviews and
@@ -194,7 +194,7 @@ def bench_pipeline(settings: Settings, transactions: int = 20_000, rounds: int =
                    seed: int = 5, workers: int = 1, traffic: str = "handbook") -> dict[str, Any]:
     if workers < 1:
         raise ValueError("workers must be at least 1")
-    records = _records(settings, transactions, seed, traffic)
+    records = benchmark_records(settings, transactions, seed, traffic)
     stamp = time.strftime("%H%M%S")
     order = list(MODES)
     runs: dict[str, list[float]] = {mode: [] for mode in order}

@@ -74,9 +74,9 @@ class _Sink:
 
 def bench_lane(settings: Settings, transactions: int = 20_000, batch: int = BATCH
                ) -> dict[str, Any]:
-    from streams.bench import _records
+    from streams.bench import benchmark_records
 
-    records = _records(settings, transactions, seed=5, traffic="handbook")
+    records = benchmark_records(settings, transactions, seed=5, traffic="handbook")
     lane = FraudLane(settings)
     sink = _Sink()
     lane.outbox = sink  # type: ignore[assignment]  # only send() is used on this path

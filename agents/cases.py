@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from agents.decision import CUSTOMER_MESSAGES
+from agents.fraud.decision import CUSTOMER_MESSAGES
 from schemas.pan import redact_text
 
 __all__ = [

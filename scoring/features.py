@@ -173,7 +173,7 @@ FEATURES: tuple[FeatureSpec, ...] = (*_baseline(), *_EXTRA, *_GATEWAY)
 _BY_NAME = {f.name: f for f in FEATURES}
 assert len(_BY_NAME) == len(FEATURES), "duplicate feature name"
 # What the card stage computes and hands to the terminal stage, in the order of the hand-over's
-# vector (streams.stages): every card feature, whichever source the model was trained on.
+# vector (streams.worker.stages): every card feature, whichever source the model was trained on.
 CARD_FEATURES: tuple[str, ...] = tuple(f.name for f in FEATURES if f.entity == "card")
 
 

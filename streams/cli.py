@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--workers", type=int, default=1,
                        help="pipeline: worker processes sharing the topics in the worker runs")
     bench.add_argument("--traffic", default="handbook", choices=("handbook", "simulator"),
-                       help="pipeline: the transactions (see streams.bench._records)")
+                       help="pipeline: the transactions (see streams.bench.pipeline._records)")
     bench.add_argument("--cards", type=int, default=1_000_000,
                        help="state: card states written to the changelog and recovered")
     bench.add_argument("--seeds", type=int, default=3,
@@ -177,14 +177,14 @@ def main(argv: list[str] | None = None) -> int:
             import logging
 
             from streams.admin import ensure_topics
-            from streams.hotpath.passthrough import run_raw_passthrough
+            from streams.bench.passthrough import run_raw_passthrough
 
             logging.basicConfig(level=LOG_LEVELS[args.loglevel],
                                 format="%(asctime)s %(levelname)s %(name)s: %(message)s")
             ensure_topics(settings)
             run_raw_passthrough(settings)
             return 0
-        from streams.app import run_worker
+        from streams.worker.app import run_worker
 
         run_worker(settings, args.loglevel, passthrough=args.passthrough == "faust")
         return 0
@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     if args.command == "tail":
-        from streams.tail import tail
+        from streams.tools.tail import tail
 
         with contextlib.suppress(KeyboardInterrupt):
             tail(settings, args.topic, args.from_beginning, args.max, args.json)
@@ -221,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "train":
         from scoring.lifecycle import train_and_register
-        from streams.models import registry_for
+        from streams.worker.chain import registry_for
 
         trained = train_and_register(args.data, registry_for(settings), start=args.start,
                                      end=args.end, promote=args.promote or None)
@@ -233,8 +233,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "evaluate":
         from scoring.train import format_report
+        from streams.bench.evaluate import evaluate
         from streams.broker import ensure_broker
-        from streams.evaluate import evaluate
 
         ensure_broker(settings)
         result = evaluate(settings, args.data, args.protocol, args.summary_json, args.curves)
@@ -247,11 +247,11 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "bench":
         from streams.admin import ensure_topics
-        from streams.bench import bench_pipeline
+        from streams.bench.pipeline import bench_pipeline
         from streams.broker import ensure_broker
 
         if args.what == "healing":
-            from streams.healing_bench import bench_healing, format_table, targets_met
+            from streams.bench.healing import bench_healing, format_table, targets_met
 
             rows = bench_healing(args.seeds, args.month_rate, args.only, args.summary_json)
             print()
@@ -261,17 +261,17 @@ def main(argv: list[str] | None = None) -> int:
                 print(line)
             return 0
         if args.what == "scoring":
-            from streams.bench import bench_scoring
+            from streams.bench.pipeline import bench_scoring
 
             result = bench_scoring(settings)
             print(json.dumps(result, indent=2))
         elif args.what == "lane":
-            from streams.hotpath.lane_bench import bench_lane
+            from streams.bench.lane import bench_lane
 
             result = bench_lane(settings, args.transactions)
             print(json.dumps(result, indent=2))
         elif args.what == "state":
-            from streams.hotpath.state_bench import bench_state
+            from streams.bench.state import bench_state
 
             ensure_broker(settings)
             result = bench_state(settings, cards=args.cards)
@@ -289,8 +289,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "api":
         from streams.admin import ensure_topics
+        from streams.api.server import run_api
         from streams.broker import ensure_broker
-        from streams.opsserver import run_api
 
         ensure_broker(settings)
         ensure_topics(settings)
@@ -298,7 +298,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     if args.command == "demo":
-        from streams.demo import DemoOptions, run_demo
+        from streams.demo.run import DemoOptions, run_demo
 
         summary = run_demo(settings, DemoOptions(
             duration_s=args.duration, rate=args.rate, scenario=args.scenario, seed=args.seed,
@@ -317,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def models_command(settings: Settings, action: str, version: str | None, share: float) -> int:
     from scoring.lifecycle import describe
-    from streams.models import registry_for
+    from streams.worker.chain import registry_for
 
     registry = registry_for(settings)
     if action != "list" and action != "rollback" and version is None:

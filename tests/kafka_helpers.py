@@ -14,7 +14,7 @@ from pathlib import Path
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from streams.config import REPO_ROOT, Settings
-from streams.demo import wait_for_group
+from streams.demo.run import wait_for_group
 from streams.topics import Topic, topic_name
 
 

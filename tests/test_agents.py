@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agents.decision import (
+from agents.fraud.decision import (
     CONSERVATIVE_TIER,
     CUSTOMER_MESSAGES,
     RULES_ONLY_VERSION,
@@ -31,8 +31,8 @@ from agents.decision import (
     decide_rules_only,
     decide_verdict,
 )
-from agents.evaluator import SCORE, Evaluator
-from agents.executor import (
+from agents.fraud.evaluator import SCORE, Evaluator
+from agents.fraud.executor import (
     CLOSED,
     HALF_OPEN,
     OPEN,
@@ -42,7 +42,7 @@ from agents.executor import (
     RetryConfig,
     TransientError,
 )
-from agents.guardrail import (
+from agents.fraud.guardrail import (
     BLOCK,
     DEFAULT_SANCTIONS,
     REVIEW,
@@ -57,8 +57,14 @@ from agents.guardrail import (
     record_amount,
     structuring_check,
 )
-from agents.pipeline import BoosterScorer, DecisionContext, DecisionPipeline, Scorer, VerdictParts
-from agents.planner import ExperimentSplit, FeatureHealth, ModelHealth, Planner, bucket
+from agents.fraud.pipeline import (
+    BoosterScorer,
+    DecisionContext,
+    DecisionPipeline,
+    Scorer,
+    VerdictParts,
+)
+from agents.fraud.planner import ExperimentSplit, FeatureHealth, ModelHealth, Planner, bucket
 from schemas.codec import make_codec
 from scoring.drift import Baseline
 from scoring.explain import Explanation, check_consistency

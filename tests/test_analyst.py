@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from agents import analyst as analyst_module
-from agents.analyst import HYPOTHESIS_FIELDS, Analyst, AnalystConfig, bernoulli_kl, beta_cdf
-from agents.outcomes import Outcome
+from agents.routing import analyst as analyst_module
+from agents.routing.analyst import HYPOTHESIS_FIELDS, Analyst, AnalystConfig, bernoulli_kl, beta_cdf
+from agents.routing.outcomes import Outcome
 from schemas.codec import load_schema, make_codec
 
 T0 = 1_700_000_000_000

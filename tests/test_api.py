@@ -13,8 +13,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from schemas.codec import make_codec
-from streams.api import Auth, create_api
-from streams.readmodel import ReadModel
+from streams.api.readmodel import ReadModel
+from streams.api.routes import Auth, create_api
 
 NOW = datetime(2025, 3, 4, 3, 0, tzinfo=UTC)
 TOKENS = {"tv": {"user": "victor", "role": "viewer"},

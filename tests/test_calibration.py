@@ -1,13 +1,13 @@
-"""The ARL factors the Analyst's thresholds rely on (agents/calibration.py) hold: Lorden's bound
-undershoots the simulated ARL by at least the configured factor, so h = ln(N / A) keeps the
-false-alarm budget."""
+"""The ARL factors the Analyst's thresholds rely on (agents/routing/calibration.py) hold:
+Lorden's bound undershoots the simulated ARL by at least the configured factor, so h = ln(N / A)
+keeps the false-alarm budget."""
 
 from __future__ import annotations
 
 import pytest
 
-from agents.analyst import AnalystConfig
-from agents.calibration import arl_factor
+from agents.routing.analyst import AnalystConfig
+from agents.routing.calibration import arl_factor
 
 
 @pytest.mark.parametrize("index", [0, 1, 2])

@@ -1,5 +1,6 @@
-"""The case agent's glue (streams/casework.py) without a broker: a REVIEW verdict's OPEN command
-opens a case, analysts' commands in log order decide it, and each record lands on its topic."""
+"""The case agent's glue (streams/worker/casework.py) without a broker: a REVIEW verdict's
+OPEN command opens a case, analysts' commands in log order decide it, and each record lands on its
+topic."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from schemas.codec import make_codec
-from streams.casework import CaseStage, dispute_command
-from streams.processing import Output
 from streams.topics import Topic, topic_name
+from streams.worker.admission import Output
+from streams.worker.casework import CaseStage, dispute_command
 from tests.test_codec import RECORDS
 
 CODEC = make_codec(None)

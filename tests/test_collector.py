@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from streams.hotpath.collector import BatchCollector
+from streams.worker.collector import BatchCollector
 
 
 @pytest.fixture

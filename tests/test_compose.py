@@ -31,13 +31,13 @@ DASHBOARD = GRAFANA / "dashboards" / "rakshit.json"
 PROJECT_SERVICES = {"topics", "worker", "simulator", "api"}
 EXPECTED_SERVICES = {"kafka", *PROJECT_SERVICES, "prometheus", "grafana"}
 
-# Every metric the worker exports (streams/metrics.py), as Prometheus names.
+# Every metric the worker exports (streams/worker/metrics.py), as Prometheus names.
 HISTOGRAM = "rakshit_verdict_latency_seconds"
 def _worker_metrics() -> set[str]:
-    """Every series name streams.metrics exposes (a counter's gets its _total suffix)."""
+    """Every series name streams.worker.metrics exposes (a counter's gets its _total suffix)."""
     from prometheus_client.metrics import MetricWrapperBase
 
-    from streams import metrics
+    from streams.worker import metrics
 
     return {obj._name + ("_total" if obj._type == "counter" else "")
             for obj in vars(metrics).values() if isinstance(obj, MetricWrapperBase)}
@@ -47,7 +47,7 @@ WORKER_METRICS = _worker_metrics()
 def _histograms() -> set[str]:
     from prometheus_client.metrics import Histogram
 
-    from streams import metrics
+    from streams.worker import metrics
 
     return {obj._name for obj in vars(metrics).values() if isinstance(obj, Histogram)}
 

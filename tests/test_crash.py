@@ -1,9 +1,10 @@
 """Rebalance and kill -9 workers in the middle of a 20,000-transaction run, restart, and count
 what a downstream read_committed consumer sees.
 
-The claim under test (streams/app.py): at-least-once. Every transaction gets a verdict; a crash may
-re-issue the verdicts of records processed after the last offset commit, and a re-issued verdict is
-the same decision with the same verdict_id and the same feature values (idempotent state).
+The claim under test (streams/worker/lane.py): at-least-once. Every transaction gets a
+verdict; a crash may re-issue the verdicts of records processed after the last offset commit, and a
+re-issued verdict is the same decision with the same verdict_id and the same feature values
+(idempotent state).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ def test_rebalance_and_kill_9_mid_run_lose_nothing(make_settings: Callable[..., 
     """Scale out while a backlog is buffered, then kill -9 twice; every transaction gets a verdict.
 
     The scale-out is the case that once lost verdicts: a live worker with full stream buffers
-    rebalances, and Faust acks the buffered records it skips (streams/transport.py).
+    rebalances, and Faust acks the buffered records it skips (streams/worker/transport.py).
     """
     settings = make_settings()
     ensure_topics(settings)

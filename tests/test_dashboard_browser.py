@@ -17,12 +17,12 @@ import pytest
 
 from schemas.codec import make_codec
 from streams.admin import ensure_topics, free_port
-from streams.casework import open_command
+from streams.api.server import ensure_tokens
 from streams.config import Settings
-from streams.demo import start_api, stop_process
-from streams.opsserver import ensure_tokens
-from streams.routing import write_baseline
+from streams.demo.run import start_api, stop_process
 from streams.topics import Topic
+from streams.worker.casework import open_command
+from streams.worker.routing import write_baseline
 from tests.factories import degrading_outcomes
 from tests.kafka_helpers import WorkerProcess, name, produce
 from tests.test_codec import RECORDS

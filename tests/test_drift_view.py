@@ -10,7 +10,7 @@ import numpy as np
 
 from scoring.drift import SCORE
 from scoring.registry import distribution, drift_baselines
-from streams.readmodel import ReadModel
+from streams.api.readmodel import ReadModel
 from tests.test_codec import RECORDS
 
 

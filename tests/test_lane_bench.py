@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from streams.bench.lane import bench_lane
 from streams.config import Settings
-from streams.hotpath.lane_bench import bench_lane
 from streams.topics import Topic, topic_name
 
 

@@ -20,7 +20,7 @@ from streams.admin import admin_client, describe_topics, ensure_topics, free_por
 from streams.config import Settings
 from streams.simulator.population import build_population
 from streams.simulator.producer import SimulationOptions, run_simulation
-from streams.tail import tail
+from streams.tools.tail import tail
 from streams.topics import TOPICS, Topic
 from tests.kafka_helpers import name, produce, read_all
 

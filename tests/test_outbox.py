@@ -1,5 +1,5 @@
 """Offsets are committed only once everything sent before them is acknowledged
-(streams.hotpath.outbox). The producer here is a recorder of delivery callbacks, so the rule is
+(streams.worker.outbox). The producer here is a recorder of delivery callbacks, so the rule is
 checked without a broker; tests/test_crash.py checks it through one with kill -9."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from streams.hotpath.outbox import DeliveryFailed, Outbox
+from streams.worker.outbox import DeliveryFailed, Outbox
 
 
 class _Err:

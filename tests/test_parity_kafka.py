@@ -13,8 +13,8 @@ from datetime import date
 import pytest
 
 from scoring import features as F
+from streams.bench.evaluate import _raw_rows, parity, replay_and_collect
 from streams.config import HANDBOOK_DIR, Settings
-from streams.evaluate import _raw_rows, parity, replay_and_collect
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 

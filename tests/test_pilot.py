@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from agents.outcomes import Outcome
-from agents.pilot import Action, Pilot, PilotConfig, prob_probe_better
+from agents.routing.outcomes import Outcome
+from agents.routing.pilot import Action, Pilot, PilotConfig, prob_probe_better
 from schemas.codec import make_codec
 
 BASELINE = {"I": {"A": 0.85, "B": 0.15, "C": 0.0}, "J": {"A": 1.0, "B": 0.0, "C": 0.0},

@@ -148,7 +148,7 @@ def test_bad_input_goes_to_dead_letters_and_good_keeps_flowing(
     assert [d["reason"] for d in bad_outcomes] == ["invalid_value"]
 
     assert 'rakshit_dead_letters_total{reason="oversized"} 1.0' in scraped
-    # The lane collects garbage between batches (streams.hotpath.collector): its full pass at
+    # The lane collects garbage between batches (streams.worker.collector): its full pass at
     # start and after the partitions' state was recovered is timed as a stage.
     assert 'rakshit_stage_seconds_count{stage="gc2"}' in scraped
     # The test PAN twice (a good record, an undecodable one), plus whatever else in the dead

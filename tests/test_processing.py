@@ -9,7 +9,7 @@ import pytest
 
 from schemas.codec import make_codec
 from streams.config import Settings
-from streams.processing import Admitted, Output, Processor, Source
+from streams.worker.admission import Admitted, Output, Processor, Source
 from tests.factories import transaction
 
 TOPIC = "rakshit.transactions"
@@ -96,7 +96,7 @@ def test_a_currency_without_a_reference_rate_is_refused(processor: Processor) ->
 def test_verdict_id_is_the_uuid5_of_the_transaction_id() -> None:
     import uuid
 
-    from streams.processing import VERDICT_NAMESPACE, verdict_id
+    from streams.worker.admission import VERDICT_NAMESPACE, verdict_id
 
     for tx_id in ("tx-1", "hb-872795", "é-unicode", ""):
         assert verdict_id(tx_id) == str(uuid.uuid5(VERDICT_NAMESPACE, tx_id))

@@ -8,8 +8,8 @@ import random
 
 import pytest
 
-from agents import route_health as rh
-from agents.outcomes import Outcome
+from agents.routing import route_health as rh
+from agents.routing.outcomes import Outcome
 
 T0 = 1_700_000_000_000 - 1_700_000_000_000 % 3_600_000  # an hour boundary
 

@@ -19,9 +19,9 @@ import pytest
 from schemas.codec import make_codec
 from streams.admin import ensure_topics
 from streams.config import Settings
-from streams.routing import write_baseline
 from streams.simulator.routing import ApplyResult, RoutingTable
 from streams.topics import Topic
+from streams.worker.routing import write_baseline
 from tests.factories import degrading_outcomes
 from tests.kafka_helpers import WorkerProcess, name, produce, read_all
 

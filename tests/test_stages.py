@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
-from agents.pipeline import DecisionPipeline
+from agents.fraud.pipeline import DecisionPipeline
 from schemas.codec import make_codec
 from scoring import features as F
 from scoring.online import make_online
 from scoring.rules import RuleEngine
-from streams.processing import Source
-from streams.stages import CardStage, TerminalStage
+from streams.worker.admission import Source
+from streams.worker.stages import CardStage, TerminalStage
 from tests.factories import transaction
 
 T0 = datetime(2018, 6, 1, tzinfo=UTC)
@@ -165,8 +165,8 @@ def test_a_shadow_model_is_logged_beside_the_verdict_and_never_decides() -> None
     import lightgbm as lgb
     import numpy as np
 
-    from agents.pipeline import BoosterScorer
-    from agents.planner import ExperimentSplit, Planner
+    from agents.fraud.pipeline import BoosterScorer
+    from agents.fraud.planner import ExperimentSplit, Planner
 
     names = F.feature_names("gateway")
     rng = np.random.default_rng(0)

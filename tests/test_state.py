@@ -1,8 +1,9 @@
-"""WriteBehind (streams/state.py): a working copy of a table that writes back on flush only."""
+"""WriteBehind (streams/worker/write_behind.py): a working copy of a table that writes back on
+flush only."""
 
 from __future__ import annotations
 
-from streams.state import WriteBehind
+from streams.worker.write_behind import WriteBehind
 
 
 class CountingTable(dict[str, object]):

@@ -1,5 +1,6 @@
-"""The worker's commit rules (streams/transport.py), without a broker: a record the agents did not
-finish is never committed, a skipped one is read again, and a gap the fetcher saw is no hole."""
+"""The worker's commit rules (streams/worker/transport.py), without a broker: a record the
+agents did not finish is never committed, a skipped one is read again, and a gap the fetcher saw is
+no hole."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ import pytest
 from faust.types import TP
 from faust.types.tuples import ConsumerMessage
 
-from streams import transport
-from streams.transport import App, GuardedAckConsumer
+from streams.worker import transport
+from streams.worker.transport import App, GuardedAckConsumer
 
 TOPIC = "guarded-ack"
 TP0 = TP(TOPIC, 0)

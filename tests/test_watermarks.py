@@ -1,10 +1,10 @@
 """The terminal stage's gate: a transaction waits until every input partition has handed over the
-history its terminal features read (streams.hotpath.watermarks)."""
+history its terminal features read (streams.worker.watermarks)."""
 
 from __future__ import annotations
 
 from scoring.features import DAY_MS, LABEL_DELAY_MS
-from streams.hotpath.watermarks import CAUGHT_UP, WatermarkGate
+from streams.worker.watermarks import CAUGHT_UP, WatermarkGate
 
 T = 100 * DAY_MS
 

@@ -22,13 +22,13 @@ from confluent_kafka import Consumer, KafkaError, Message, Producer
 from schemas.codec import Codec
 from schemas.codec import make_codec as registry_codec
 from streams.config import Settings
-from streams.routing import write_baseline
 from streams.simulator.handbook import DEFAULT_LABEL_DELAY_DAYS, iter_handbook
 from streams.simulator.population import Population, build_population
 from streams.simulator.routing import ApplyResult, RoutingTable
 from streams.simulator.scenarios import Scenario, get_scenario
 from streams.simulator.traffic import EventClock, TrafficGenerator
 from streams.topics import SPECS, Topic, topic_name
+from streams.worker.routing import write_baseline
 
 OnTransaction = Callable[[str, float], None]
 Progress = Callable[["SimulationReport"], None]
@@ -126,7 +126,7 @@ class _Publisher:
             "client.id": "rakshit-simulator",
             "acks": "all",
             "enable.idempotence": True,
-            "linger.ms": 2,  # as the fraud lane's producer (streams.hotpath.lane.LINGER_MS)
+            "linger.ms": 2,  # as the fraud lane's producer (streams.worker.lane.LINGER_MS)
             # No compression: on loopback it saves nothing, and the broker decompresses every
             # batch to validate it.
         })

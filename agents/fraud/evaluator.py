@@ -1,0 +1,138 @@
+"""The evaluator agent: is this score explained, is the model still scoring the population it was
+trained on, and is it still right?
+
+- **Per verdict**: an explanation is required for every REVIEW and DECLINE the model scored; it must
+  be present and consistent (contributions + base value == the raw margin the score came from,
+  ``scoring.explain.check_consistency``). A missing or inconsistent explanation makes the decision
+  low-confidence, so an unexplainable score never declines on its own
+  (see ``agents.fraud.decision``).
+- **Periodically**: recent scores and feature values are kept in bounded samples, and every
+  ``drift_every`` observations PSI is computed against the registry's baselines
+  (``scoring.drift``). Periodic, not per verdict, because PSI needs a population; by default once
+  per sample size, so each report reads a sample no earlier report has seen and the cost (one
+  binning per feature over the sample) is paid once per 5,000 verdicts.
+- **From labels**: rolling AUC and AP over the last ``metrics_window`` labelled scores, and the
+  false-positive rate analysts report on flagged payments: the share of REVIEW/DECLINE found
+  genuine (strictly 1 - precision of the flags; the textbook FP / (FP + TN) would need labels on
+  approved payments, which analysts never see). ``agents.fraud.decision`` adapts its thresholds
+  to it. The rate is None until ``min_feedback`` outcomes are in: a handful of cases is not a
+  rate.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from scoring.drift import SCORE, Baseline, FeatureDrift, RollingMetrics, drift_report
+from scoring.explain import DEFAULT_TOLERANCE, consistency_gap
+
+__all__ = ["SCORE", "Evaluator", "ExplanationCheck", "LabelMetrics"]
+
+FLAGGED = ("REVIEW", "DECLINE")
+
+
+@dataclass(slots=True)
+class ExplanationCheck:
+    required: bool
+    present: bool
+    consistent: bool | None  # None when there was nothing to check
+    gap: float | None
+    detail: str
+
+    @property
+    def ok(self) -> bool:
+        return not self.required or (self.present and bool(self.consistent))
+
+
+@dataclass(frozen=True)
+class LabelMetrics:
+    n: int
+    positives: int
+    auc: float | None
+    average_precision: float | None
+
+
+class Evaluator:
+    def __init__(self, baselines: Mapping[str, Baseline] | None = None, drift_every: int = 5_000,
+                 sample_size: int = 5_000, metrics_window: int = 5_000,
+                 feedback_window: int = 1_000, min_feedback: int = 50,
+                 tolerance: float = DEFAULT_TOLERANCE) -> None:
+        self.baselines = dict(baselines or {})
+        self.drift_every = drift_every
+        self.tolerance = tolerance
+        self.min_feedback = min_feedback
+        # The latest verdicts' (score, features): columns are cut out only when a report is due,
+        # so a verdict costs one append, not one per feature.
+        self._recent: deque[tuple[float, Mapping[str, float]]] = deque(maxlen=sample_size)
+        self._seen = 0
+        self.latest_drift: dict[str, FeatureDrift] | None = None
+        self._metrics = RollingMetrics(metrics_window)
+        self._feedback: deque[bool] = deque(maxlen=feedback_window)  # True = genuine (a FP)
+
+    # -- per verdict ------------------------------------------------------------------------------
+
+    def check_explanation(self, decision: str, model_used: bool,
+                          contributions: Sequence[float] | None, base_value: float | None,
+                          margin: float | None) -> ExplanationCheck:
+        required = model_used and decision in FLAGGED
+        if contributions is None or base_value is None or margin is None:
+            detail = ("no explanation for a model-scored " + decision) if required else \
+                "no explanation needed" if not model_used else "not explained (approve)"
+            return ExplanationCheck(required, False, None, None, detail)
+        if not contributions:
+            return ExplanationCheck(required, False, None, None, "explanation is empty")
+        gap = consistency_gap(contributions, base_value, margin)
+        consistent = gap <= self.tolerance
+        detail = (f"contributions + base value match the margin (gap {gap:.1e})" if consistent
+                  else f"contributions + base value miss the margin by {gap:.3g}")
+        return ExplanationCheck(required, True, consistent, gap, detail)
+
+    # -- periodically -----------------------------------------------------------------------------
+
+    def observe(self, score: float, features: Mapping[str, float]
+                ) -> dict[str, FeatureDrift] | None:
+        """Add one verdict to the samples; returns a fresh drift report when one is due.
+        ``features`` is read when a report is due: hand over a mapping nobody changes after."""
+        if self.baselines:
+            self._recent.append((score, features))
+        self._seen += 1
+        if self.baselines and self._seen % self.drift_every == 0:
+            self.latest_drift = self.drift_now()
+            return self.latest_drift
+        return None
+
+    def drift_now(self) -> dict[str, FeatureDrift]:
+        nan = float("nan")
+        columns: dict[str, list[float]] = {}
+        for name in self.baselines:
+            if name == SCORE:
+                columns[name] = [score for score, _ in self._recent]
+                continue
+            column = [features.get(name, nan) for _, features in self._recent]
+            if None in column:  # a feature present without a value counts as missing
+                column = [nan if v is None else v for v in column]
+            columns[name] = column
+        return drift_report(self.baselines, columns)
+
+    # -- from labels ------------------------------------------------------------------------------
+
+    def record_label(self, score: float, is_fraud: bool) -> None:
+        self._metrics.add(score, is_fraud)
+
+    def metrics(self) -> LabelMetrics:
+        return LabelMetrics(len(self._metrics), self._metrics.positives, self._metrics.auc(),
+                            self._metrics.average_precision())
+
+    def record_feedback(self, decision: str, is_fraud: bool) -> None:
+        """An analyst's finding on a flagged payment (only REVIEW/DECLINE count)."""
+        if decision in FLAGGED:
+            self._feedback.append(not is_fraud)
+
+    @property
+    def false_positive_rate(self) -> float | None:
+        if len(self._feedback) < self.min_feedback:
+            return None
+        return sum(self._feedback) / len(self._feedback)
+

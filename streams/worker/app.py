@@ -1,0 +1,255 @@
+"""The Faust worker: topics in, verdicts and dead letters out.
+
+Processing guarantee: at-least-once, with every agent at concurrency 1.
+- Faust flushes the producer before it commits consumer offsets, so an offset is only committed
+  after the verdicts of the records before it have been acknowledged by the broker: a crash can
+  repeat work but never skip a transaction.
+- concurrency > 1 can commit past a record still in flight (faust-streaming issue #606), and
+  faust's exactly_once mode has open reports of duplicates and sends outside the transaction
+  (#177, #323, #517): we do not rely on either.
+- What a crash costs: the records processed after the last commit (at most commit_interval_s of
+  traffic, 1 s by default) are processed again. Their verdicts are re-issued with the same
+  verdict_id, and the velocity state is idempotent per transaction id, so the repeat carries the
+  same decision. Consumers dedupe on transaction_id (the record key). tests/test_crash.py measures
+  this with kill -9.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import faust
+from prometheus_client import start_http_server
+
+from schemas.codec import make_codec
+from streams.config import Settings
+from streams.topics import DEAD_LETTER_MAX_BYTES, Topic, topic_name
+from streams.worker import metrics
+from streams.worker.admission import Output, Processor, Source, internal_error
+from streams.worker.casework import CaseStage
+from streams.worker.lane import start_lane
+from streams.worker.routing import RoutingStage, load_baseline
+from streams.worker.transport import App, finishing
+from streams.worker.write_behind import WriteBehind
+
+log = logging.getLogger(__name__)
+
+def _broker_url(bootstrap: str) -> str:
+    return ";".join(f"kafka://{host.strip()}" for host in bootstrap.split(","))
+
+
+def _faust_app(settings: Settings) -> faust.App:
+    datadir = settings.home / "worker" / settings.app_id
+    datadir.parent.mkdir(parents=True, exist_ok=True)
+    return App(
+        settings.app_id,
+        broker=_broker_url(settings.bootstrap_servers),
+        store="memory://",
+        datadir=str(datadir),
+        processing_guarantee=settings.processing_guarantee,
+        broker_commit_interval=settings.commit_interval_s,
+        # A killed worker's partitions are reassigned only when its session expires; Faust's 60 s
+        # default would stall verdicts for a minute after a crash.
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=2.0,
+        consumer_auto_offset_reset="earliest",
+        producer_acks=-1,
+        producer_max_request_size=DEAD_LETTER_MAX_BYTES + 64 * 1024,
+        topic_partitions=settings.default_partitions,
+        topic_replication_factor=1,
+        web_enabled=False,
+    )
+
+
+def _add_ops(app: faust.App, settings: Settings,
+             lane_ready: Callable[[], bool] = lambda: True) -> None:
+    """Readiness and the metrics endpoint, shared by the worker and the benchmark baseline."""
+
+    @app.task  # type: ignore[untyped-decorator]
+    async def serve_metrics() -> None:
+        if settings.metrics_port:
+            start_http_server(settings.metrics_port, addr=settings.metrics_addr)
+
+    @app.timer(interval=0.25)  # type: ignore[untyped-decorator]
+    async def report_ready() -> None:
+        # A stable consumer group is not enough: until changelog recovery finishes the worker
+        # fetches nothing, and traffic sent then waits.
+        recovery = app.tables.recovery  # type: ignore[attr-defined]  # the TableManager's own
+        recovered = recovery.completed.is_set() and not recovery.in_recovery
+        ready = recovered and not app.rebalancing and lane_ready()
+        metrics.WORKER_READY.set(1 if ready else 0)
+
+
+def create_app(settings: Settings, lane_ready: Callable[[], bool] = lambda: True) -> faust.App:
+    """The Faust frame: the routing loop and the case book, where Faust's per-event cost is
+    nothing beside their rate. Transactions, labels and outcomes are the fraud lane's
+    (streams.worker.lane), which runs beside this app in the same process."""
+    app = _faust_app(settings)
+    codec = make_codec(settings.schema_registry_url)
+    admission = Processor(settings, codec)
+
+    def raw_topic(topic: Topic) -> faust.TopicT:
+        return app.topic(topic_name(topic, settings.topic_prefix), key_type=bytes,
+                         value_type=bytes, key_serializer="raw", value_serializer="raw")
+
+    outputs = {topic_name(t, settings.topic_prefix): raw_topic(t)
+               for t in (Topic.DECISIONS, Topic.DEAD_LETTERS, Topic.HYPOTHESES,
+                         Topic.EXPERIMENTS, Topic.ROUTING_POLICY, Topic.CASE_COMMANDS,
+                         Topic.CASES, Topic.LABELS, Topic.AUDIT, Topic.NOTIFICATIONS)}
+    # The routing loop's state lives on the one partition of its topics (see streams.topics),
+    # worked on in memory and checkpointed each second (streams.worker.write_behind).
+    analyst_state = WriteBehind(app.Table("analyst-cells", default=dict, partitions=1))
+    pilot_state = WriteBehind(app.Table("pilot-state", default=dict, partitions=1))
+    routing = RoutingStage(codec, settings.topic_prefix, load_baseline(settings.routing_baseline),
+                           analyst_state, pilot_state)
+    # Case state: one partition, written on each command (commands are rare; durability wins).
+    cases = CaseStage(codec, settings.topic_prefix, app.Table("case-book", partitions=1))
+    case_commands = raw_topic(Topic.CASE_COMMANDS)
+    hypotheses_name = topic_name(Topic.HYPOTHESES, settings.topic_prefix)
+    routing_inputs = app.topic(topic_name(Topic.ROUTE_OUTCOMES, settings.topic_prefix),
+                               hypotheses_name, key_type=bytes, value_type=bytes,
+                               key_serializer="raw", value_serializer="raw")
+    processed: dict[tuple[str, int], int] = {}
+
+    async def send(out: Output) -> None:
+        """Hand a record to the producer, retrying until it is accepted.
+
+        An exception escaping an agent makes Faust ack the record in hand, and the next commit
+        then skips it: a command without its outcome. So a send that fails is retried with
+        capped backoff (the partition stalls, its lag metric grows) rather than raised.
+        """
+        delay = 0.05
+        while True:
+            try:
+                await outputs[out.topic].send(key=out.key, value=out.value)
+                break
+            except Exception:
+                metrics.SEND_RETRIES.labels(out.topic).inc()
+                log.exception("send to %s failed; retrying in %.2f s", out.topic, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        metrics.EVENTS_OUT.labels(out.topic).inc()
+
+    def source_of(event: Any) -> Source:
+        msg = event.message
+        processed[(msg.topic, msg.partition)] = msg.offset
+        ts = msg.timestamp * 1000.0 if msg.timestamp is not None else None
+        return Source(msg.topic, msg.partition, msg.offset, msg.key, ts)
+
+    @app.agent(case_commands, name="cases", concurrency=1)
+    async def case_agent(stream: faust.StreamT[bytes]) -> None:
+        """The case book's single writer: commands applied in log order
+        (streams.worker.casework)."""
+        async for event in finishing(app, stream):
+            source = source_of(event)
+            raw = event.message.value or b""
+            try:
+                outs = cases.on_command(raw)
+            except Exception as exc:  # keep the command and the reason; the queue keeps moving
+                log.exception("case command failed")
+                outs = [admission.dead_letter(raw, source, internal_error(exc))]
+            for out in outs:
+                await send(out)
+
+    @app.agent(routing_inputs, name="routing", concurrency=1)
+    async def routing_agent(stream: faust.StreamT[bytes]) -> None:
+        """The Analyst on outcomes, the Pilot on outcomes and on the hypotheses topic."""
+        checkpointed = [time.monotonic()]
+        async for event in finishing(app, stream):
+            source = source_of(event)
+            raw = event.message.value or b""
+            try:
+                if event.message.topic == hypotheses_name:
+                    outs = routing.on_hypothesis(raw)
+                else:
+                    outs = routing.on_outcomes(raw)
+            except Exception as exc:  # keep the record and the reason, keep the loop running
+                log.exception("routing failed on %s", event.message.topic)
+                outs = [admission.dead_letter(raw, source, internal_error(exc))]
+            for out in outs:
+                await send(out)
+            # Faust writes a table only inside stream iteration (the event names the changelog
+            # partition), so the checkpoint happens here rather than on a timer.
+            if time.monotonic() - checkpointed[0] >= 1.0:
+                checkpointed[0] = time.monotonic()
+                analyst_state.flush()
+                pilot_state.flush()
+
+    _add_ops(app, settings, lane_ready)
+
+    @app.timer(interval=5.0)  # type: ignore[untyped-decorator]
+    async def report_lag() -> None:
+        consumer = app.consumer
+        for tp in consumer.assignment():
+            try:
+                high = consumer.highwater(tp)
+            except Exception:  # not fetched yet: no figure is better than a wrong one
+                continue
+            if high is None:
+                continue
+            done = processed.get((tp.topic, tp.partition), -1) + 1
+            metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(max(0, high - done))
+
+    return app
+
+
+def create_passthrough_app(settings: Settings) -> faust.App:
+    """The benchmark's baseline: the same Faust client, guarantee and topics, and no work.
+
+    Each transaction is forwarded unchanged to the decision topic, so `rakshit bench pipeline`
+    can say what share of Faust-on-Kafka's own ceiling the real worker reaches.
+    """
+    app = _faust_app(settings)
+    source = app.topic(topic_name(Topic.TRANSACTIONS, settings.topic_prefix), key_type=bytes,
+                       value_type=bytes, key_serializer="raw", value_serializer="raw")
+    sink = app.topic(topic_name(Topic.DECISIONS, settings.topic_prefix), key_type=bytes,
+                     value_type=bytes, key_serializer="raw", value_serializer="raw")
+
+    @app.agent(source, name="passthrough", concurrency=1)
+    async def passthrough(stream: faust.StreamT[bytes]) -> None:
+        async for event in finishing(app, stream):
+            await sink.send(key=event.message.key, value=event.message.value)
+
+    _add_ops(app, settings)
+    return app
+
+
+def run_worker(settings: Settings, loglevel: str = "info", passthrough: bool = False) -> None:
+    """Block running the worker until it is stopped (SIGTERM/SIGINT)."""
+    from streams.admin import ensure_topics
+
+    ensure_topics(settings)
+    if passthrough:
+        app = create_passthrough_app(settings)
+        lane = None
+    else:
+        lane, thread = start_lane(settings)
+        app = create_app(settings, lambda: lane.ready)
+    worker = _Worker(app, loglevel=loglevel, quiet=True)
+    worker.spinner = None
+    try:
+        worker.execute_from_commandline()
+    finally:
+        if lane is not None:  # the lane's last checkpoint: everything done is committed
+            lane.stop()
+            thread.join(timeout=60)
+
+
+class _Worker(faust.Worker):
+    """Faust's worker without its terminal spinner.
+
+    The spinner hooks a DEBUG-level handler onto the root logger, which makes aiokafka and faust
+    build a debug record for every message sent (a tenth of the worker's CPU, measured with
+    py-spy) and writes terminal escape codes into log files.
+    """
+
+    def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+        self.spinner = None
+        for noisy in ("aiokafka", "faust.topics"):
+            logging.getLogger(noisy).setLevel(max(level, logging.INFO))
+        # A refused ack is rare and worth seeing whatever the level (streams.worker.transport).
+        logging.getLogger("streams.worker.transport").setLevel(logging.INFO)

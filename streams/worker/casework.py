@@ -1,0 +1,112 @@
+"""The case agent's stream glue: case commands in; cases, overrides, labels, notifications and
+audit records out. Plain code over bytes (no Faust), so tests drive it without a broker.
+
+The worker is the only writer of case state, and it applies commands in the order of one
+partition's log; `now` is each command's requested_at, so a replay decides exactly as before.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Mapping, MutableMapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from agents.cases import CaseBook, CaseResult
+from schemas.codec import Codec
+from streams.topics import Topic, topic_name
+from streams.worker import metrics
+from streams.worker.admission import Output
+
+GAUGE_EVERY_S = 5.0
+REINDEX_EVERY_S = 60.0
+
+# Where each record a case action produces goes, and what it is keyed by.
+ROUTES: dict[str, tuple[Topic, str]] = {
+    "case": (Topic.CASES, "case_id"),
+    "verdict": (Topic.DECISIONS, "transaction_id"),
+    "label": (Topic.LABELS, "card_token"),
+    "notification": (Topic.NOTIFICATIONS, "card_token"),
+    "audit": (Topic.AUDIT, "actor"),
+}
+
+
+def open_command(verdict: bytes, transaction_id: str, at: datetime) -> dict[str, Any]:
+    """The OPEN command the worker sends for a REVIEW verdict (idempotent per verdict)."""
+    return {"command_id": f"open-{transaction_id}", "command": "OPEN", "actor": "worker",
+            "role": "ADMIN", "reason": "the verdict asks for a review", "case_id": None,
+            "expected_version": None, "resolution": None, "card_token": None, "until": None,
+            "transaction_id": transaction_id, "verdict": verdict, "requested_at": at}
+
+
+def dispute_command(verdict: bytes, transaction_id: str, reason: str,
+                    at: datetime) -> dict[str, Any]:
+    """A customer's dispute of a declined payment, as the channel that received it sends it."""
+    return {"command_id": uuid.uuid4().hex, "command": "DISPUTE", "actor": "customer",
+            "role": "UNKNOWN", "reason": reason, "case_id": None, "expected_version": None,
+            "resolution": None, "card_token": None, "until": None,
+            "transaction_id": transaction_id, "verdict": verdict, "requested_at": at}
+
+
+@dataclass
+class CaseStage:
+    codec: Codec
+    prefix: str
+    store: MutableMapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.book = CaseBook(self.store)
+        self._gauged = float("-inf")
+        self._indexed = float("-inf")
+        self.commands = topic_name(Topic.CASE_COMMANDS, self.prefix)
+        self.decisions = topic_name(Topic.DECISIONS, self.prefix)
+
+    def open_case(self, verdict_output: Output, at: datetime) -> Output:
+        """Ask the case agent to open a case for a REVIEW verdict the terminal stage produced."""
+        tx_id = verdict_output.key.decode()
+        record = open_command(verdict_output.value, tx_id, at)
+        return Output(self.commands, tx_id.encode(),
+                      self.codec.encode("case_command", record, topic=self.commands))
+
+    def on_command(self, raw: bytes) -> list[Output]:
+        cmd = self.codec.decode(raw, topic=self.commands, expect="case_command").record
+        now: datetime = cmd["requested_at"]
+        kind = cmd["command"]
+        if kind in ("OPEN", "DISPUTE"):
+            verdict = self._verdict(cmd)
+            if kind == "OPEN":
+                amount = verdict.get("features", {}).get("TX_AMOUNT")
+                result = self.book.open_from_verdict(verdict, now, amount)
+            else:
+                result = self.book.dispute(cmd["transaction_id"] or "", verdict,
+                                           cmd["reason"] or "", now)
+        else:
+            result = self.book.apply(cmd, now)
+        metrics.CASE_ACTIONS.labels(kind, "refused" if result.refused else "accepted").inc()
+        # The queue gauges read the case book's index of unresolved cases; every few seconds is
+        # often enough for a gauge.
+        if time.monotonic() - self._gauged >= GAUGE_EVERY_S:
+            self._gauged = time.monotonic()
+            if self._gauged - self._indexed >= REINDEX_EVERY_S:
+                self._indexed = self._gauged
+                self.book.forget_index()  # a rebalance may have recovered the table under it
+            metrics.CASE_QUEUE.set(self.book.queue_size())
+            oldest = self.book.oldest_open_age(now)
+            metrics.CASE_OLDEST_S.set(oldest.total_seconds() if oldest else 0.0)
+        return self.outputs(result)
+
+    def _verdict(self, cmd: Mapping[str, Any]) -> dict[str, Any]:
+        if not cmd["verdict"]:
+            raise ValueError(f"{cmd['command']} command {cmd['command_id']} carries no verdict")
+        return self.codec.decode(cmd["verdict"], topic=self.decisions, expect="verdict").record
+
+    def outputs(self, result: CaseResult) -> list[Output]:
+        out = []
+        for schema, record in result.records():
+            topic, key_field = ROUTES[schema]
+            name = topic_name(topic, self.prefix)
+            key = str(record.get(key_field) or schema).encode()
+            out.append(Output(name, key, self.codec.encode(schema, record, topic=name)))
+        return out

@@ -1,0 +1,604 @@
+"""The fraud lane: transactions to verdicts in batches, on confluent-kafka, inside `rakshit worker`.
+
+One consumer (group ``<app id>-fraud``, range assignment so a card's transactions and outcomes
+partitions land on the same worker) reads four topics and one loop works each batch:
+
+    transactions (by card) --card stage--> scoring-by-terminal (by terminal) --terminal stage-->
+    labels (by card) -------/                                               decisions, cases,
+    authorization outcomes --card decline history, then one batch ------>   notifications
+                               record to route-outcomes (Faust's routing agent takes it from there)
+
+The card and terminal stages are ``streams.worker.stages``; this module owns only what Kafka
+needs: state per partition (``streams.worker.store``), the watermark gate
+(``streams.worker.watermarks``) and the checkpoint, which every ``commit_interval_s``
+
+1. writes one changelog record per state key changed since the last checkpoint,
+2. closes the outbox's epoch with the offsets of everything processed so far, and
+3. commits the offsets of every epoch whose records the broker has acknowledged.
+
+Processing never waits for a commit. A newly assigned partition's state is read from its changelog
+inside the assignment callback, before any of its records is processed. At-least-once: a crash
+repeats the records after the last commit, and because state is idempotent per transaction id the
+repeated verdicts equal the first ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
+
+from schemas.codec import Codec, make_codec
+from scoring import features as F
+from streams.config import Settings
+from streams.topics import DEAD_LETTER_MAX_BYTES, Topic, topic_name
+from streams.worker import metrics
+from streams.worker.admission import (
+    Admitted,
+    Output,
+    Processor,
+    Source,
+    event_millis,
+    internal_error,
+)
+from streams.worker.casework import CaseStage
+from streams.worker.chain import build_pipeline
+from streams.worker.collector import BatchCollector
+from streams.worker.outbox import Offsets, Outbox
+from streams.worker.routing import RoutingStage
+from streams.worker.stages import CardStage, Prepared, TerminalStage
+from streams.worker.store import Store, partition_bounds, recover
+from streams.worker.watermarks import CAUGHT_UP, WatermarkGate, source
+
+log = logging.getLogger(__name__)
+
+BATCH = 2_000  # records per consume call, at most
+POLL_S = 0.05  # wait for the first record of a batch at most this long
+MARK_EVERY_S = 0.1  # watermark events to every terminal partition this often
+MAX_HOLD_S = 30.0  # a decision waits for watermarks at most this long (then says so)
+LAG_EVERY_S = 5.0
+# Fewer, larger requests: at 1,000 tx/s with linger 1 ms and fetches answered at the first byte,
+# the broker spent most of a core on tiny requests and every process queued for CPU. Each also
+# bounds what a hop adds at a low rate, where a record waits out the whole linger and fetch wait.
+# Measured 2026-12-06 (`rakshit demo --scenario mixed`): linger 5 ms took the broker from 53% to
+# 44% of a core at 1,000 tx/s (demo p50 1.6 s -> 0.3 s) but the p50 at 100 tx/s up by about 10 ms;
+# fetches answered at the first byte took the p50 at 100 tx/s from 20 to 14 ms and the broker at
+# 1,000 tx/s to 66%. These values keep the low rate's latency; the high rate needs CPU headroom.
+LINGER_MS = 2
+FETCH_WAIT_MS = 5
+FETCH_MIN_BYTES = 64 * 1024
+
+
+def changelog_topic(settings: Settings, store: str) -> str:
+    """``<app id>-<store>-changelog``: run-scoped clean-up (streams.admin) finds it by app id."""
+    return f"{settings.app_id}-{store}-changelog"
+
+
+@dataclass
+class Held:
+    """A transaction the terminal stage has observed but may not decide yet (watermarks)."""
+
+    offset: int
+    event: dict[str, Any]
+    t_ms: int
+    started: float
+
+
+class FraudLane:
+    """The hot path. ``run()`` blocks until ``stop()``; ``ready`` once partitions are recovered."""
+
+    def __init__(self, settings: Settings, codec: Codec | None = None) -> None:
+        self.settings = settings
+        self.codec = codec or make_codec(settings.schema_registry_url)
+        prefix = settings.topic_prefix
+        self.admission = Processor(settings, self.codec)
+        self.card_stage = CardStage(self.codec, prefix)
+        self.terminal_stage = TerminalStage(self.codec, build_pipeline(settings), prefix)
+        self.cases = CaseStage(self.codec, prefix)
+        self.routing = RoutingStage(self.codec, prefix, {})
+        self.topics = {t: topic_name(t, prefix) for t in (
+            Topic.TRANSACTIONS, Topic.LABELS, Topic.AUTH_OUTCOMES, Topic.SCORING)}
+        self.cards = Store("card-state", changelog_topic(settings, "card-state"))
+        self.terminals = Store("terminal-state", changelog_topic(settings, "terminal-state"))
+        self._base = {"bootstrap.servers": settings.bootstrap_servers}
+        self._stop = threading.Event()
+        self.ready = False
+        self.next_offsets: Offsets = {}
+        self.held: dict[int, deque[Held]] = {}
+        self.pending: list[Prepared] = []  # decidable, decided together at the batch's end
+        self.marks: dict[tuple[str, int], int] = {}  # (topic, partition) -> event time handed over
+        self.changelog_end: dict[tuple[str, int], int] = {}
+        self.producer: Producer | None = None
+        self.consumer: Consumer | None = None
+        self.outbox: Outbox | None = None
+        self.gate: WatermarkGate | None = None
+        self.terminal_partitions = 0
+        self.collector: BatchCollector | None = None
+
+    # -- set-up ------------------------------------------------------------------------------
+
+    def _ensure_changelogs(self) -> None:
+        from streams.admin import admin_client, wait_for_leaders
+
+        admin = admin_client(self.settings)
+        meta = admin.list_topics(timeout=30).topics
+        wanted = []
+        for store, source_topic in ((self.cards, Topic.TRANSACTIONS),
+                                    (self.terminals, Topic.SCORING)):
+            if store.changelog in meta:
+                continue
+            parts = len(meta[self.topics[source_topic]].partitions)
+            wanted.append(NewTopic(store.changelog, num_partitions=parts, replication_factor=1,
+                                   config={"cleanup.policy": "compact"}))
+        for future in (admin.create_topics(wanted).values() if wanted else ()):
+            try:
+                future.result()
+            except Exception as exc:  # another worker created it first
+                if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                    raise
+        # Created a moment ago (here or by another worker starting beside this one): recovery
+        # reads their offsets at once, which a partition without a leader yet refuses.
+        wait_for_leaders(admin, [self.cards.changelog, self.terminals.changelog], 60.0)
+        counts = {t: len(meta[self.topics[t]].partitions)
+                  for t in (Topic.TRANSACTIONS, Topic.LABELS, Topic.SCORING)}
+        self.gate = WatermarkGate(counts[Topic.TRANSACTIONS], counts[Topic.LABELS])
+        self.terminal_partitions = counts[Topic.SCORING]
+
+    def _connect(self) -> None:
+        self.producer = Producer({
+            **self._base, "acks": "all", "enable.idempotence": True,
+            "linger.ms": LINGER_MS,
+            # Java's partitioner, so terminal ids land where any other client would put them.
+            "partitioner": "murmur2_random",
+            "queue.buffering.max.messages": 1_000_000,
+            "message.max.bytes": DEAD_LETTER_MAX_BYTES + 64 * 1024})
+        self.outbox = Outbox(self.producer)
+        self.consumer = Consumer({
+            **self._base, "group.id": f"{self.settings.app_id}-fraud",
+            "enable.auto.commit": False, "auto.offset.reset": "earliest",
+            "partition.assignment.strategy": "range",
+            # A killed worker's partitions move once its session expires: 10 s, not 45.
+            "session.timeout.ms": 10_000, "heartbeat.interval.ms": 2_000,
+            "enable.partition.eof": False,
+            "fetch.wait.max.ms": FETCH_WAIT_MS, "fetch.min.bytes": FETCH_MIN_BYTES})
+        self.consumer.subscribe(list(self.topics.values()), on_assign=self._on_assign,
+                                on_revoke=self._on_revoke, on_lost=self._on_lost)
+
+    # -- rebalances --------------------------------------------------------------------------
+
+    def _store_for(self, topic: str) -> Store | None:
+        if topic == self.topics[Topic.SCORING]:
+            return self.terminals
+        if topic in (self.topics[Topic.TRANSACTIONS], self.topics[Topic.AUTH_OUTCOMES]):
+            return self.cards
+        return None
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Recover the state of every newly owned partition before any of its records is read.
+
+        A partition this worker still holds from before the rebalance keeps its state if nobody
+        wrote its changelog since (its end offset is where this worker left it)."""
+        self.ready = False
+        wanted: dict[Store, set[int]] = {self.cards: set(), self.terminals: set()}
+        for tp in partitions:
+            store = self._store_for(tp.topic)
+            if store is not None:
+                wanted[store].add(tp.partition)
+            if tp.topic == self.topics[Topic.SCORING]:
+                self.held.setdefault(tp.partition, deque())
+        # Where each partition resumes: what the watermarks and lag read before a first record.
+        for tp in consumer.committed(partitions, timeout=30):
+            start = tp.offset
+            if start < 0:  # never committed: auto.offset.reset is earliest
+                start = consumer.get_watermark_offsets(tp, timeout=10, cached=False)[0]
+            self.next_offsets[(tp.topic, tp.partition)] = start
+        for store, owned in wanted.items():
+            for p in list(store.partitions):
+                if p not in owned:
+                    store.drop(p)
+            for p in sorted(owned):
+                left_at = self.changelog_end.pop((store.name, p), None)
+                if store.owns(p) and left_at == self._changelog_high(store, p):
+                    continue
+                table, read, seconds = recover(self._base, store.changelog, p)
+                store.adopt(p, table)
+                metrics.STATE_RECOVERY.labels(store.name).observe(seconds)
+                log.info("recovered %s[%d]: %d keys from %d changelog records in %.2f s",
+                         store.name, p, len(table), read, seconds)
+        if self.collector is not None:  # the recovered state: long-lived, never walked again
+            self.collector.full()
+        self.ready = True
+        log.info("fraud lane assigned %d partitions", len(partitions))
+
+    def _changelog_high(self, store: Store, partition: int) -> int:
+        assert self.consumer is not None
+        tp = TopicPartition(store.changelog, partition)
+        return partition_bounds(self.consumer, tp, time.monotonic() + 60.0)[1]
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Hand the partitions over clean: everything done so far durable and committed."""
+        self.ready = False
+        try:
+            self._checkpoint(wait=True)
+            for store in (self.cards, self.terminals):
+                for p in store.partitions:
+                    self.changelog_end[(store.name, p)] = self._changelog_high(store, p)
+        except Exception:
+            log.exception("checkpoint before a rebalance failed; the next owner repeats the work")
+            self.changelog_end.clear()
+        self._forget(partitions)
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.ready = False
+        self.changelog_end.clear()
+        for store in (self.cards, self.terminals):
+            for p in list(store.partitions):
+                store.drop(p)
+        self._forget(partitions)
+
+    def _forget(self, partitions: list[TopicPartition]) -> None:
+        """Offsets and held decisions of partitions given up (state: see assign). The gate's
+        watermarks stay: what a card partition has handed over stays true whoever reads it, and
+        forgetting would hold every decision until a dead worker's partitions found an owner."""
+        for tp in partitions:
+            self.next_offsets.pop((tp.topic, tp.partition), None)
+            self.marks.pop((tp.topic, tp.partition), None)
+            if tp.topic == self.topics[Topic.SCORING]:
+                self.held.pop(tp.partition, None)
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        self._ensure_changelogs()
+        self._connect()
+        assert self.consumer is not None and self.outbox is not None
+        consumer = self.consumer
+        collector = self.collector = BatchCollector()
+        checkpoint_at = marks_at = lag_at = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                first = consumer.poll(POLL_S)
+                batch = [first] if first is not None else []
+                if first is not None:
+                    batch += consumer.consume(num_messages=BATCH - 1, timeout=0)
+                if batch:
+                    self._process(batch)
+                now = time.monotonic()
+                self._release_held(time.time())
+                self._decide_pending()
+                if now - marks_at >= MARK_EVERY_S:
+                    marks_at = now
+                    self._send_marks()
+                if now - checkpoint_at >= self.settings.commit_interval_s:
+                    checkpoint_at = now
+                    self._checkpoint(wait=False)
+                else:
+                    self.outbox.producer.poll(0)
+                if now - lag_at >= LAG_EVERY_S:
+                    lag_at = now
+                    self._report_lag()
+                collector.after_batch()
+            self._checkpoint(wait=True)
+        finally:
+            collector.close()
+            consumer.close()
+
+    def _process(self, batch: list[Message]) -> None:
+        assert self.outbox is not None
+        started = time.perf_counter()
+        received = time.time()
+        tx_topic = self.topics[Topic.TRANSACTIONS]
+        scoring_topic = self.topics[Topic.SCORING]
+        labels_topic = self.topics[Topic.LABELS]
+        outcome_raws: list[bytes] = []
+        timings = {"card": 0.0, "terminal": 0.0}
+        for msg in batch:
+            err = msg.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    log.warning("consumer error: %s", err)
+                continue
+            topic, partition, offset = str(msg.topic()), int(msg.partition() or 0), \
+                int(msg.offset() or 0)
+            ts_type, ts = msg.timestamp()
+            src = Source(topic, partition, offset, msg.key(), float(ts) if ts_type else None)
+            t0 = time.perf_counter()
+            if topic == scoring_topic:
+                self._terminal(msg.value() or b"", src, received)
+                timings["terminal"] += time.perf_counter() - t0
+            else:
+                if topic == tx_topic:
+                    self._card(msg.value(), src, received)
+                elif topic == labels_topic:
+                    self._label(msg.value(), src)
+                else:
+                    raw = self._outcome(msg.value(), src)
+                    if raw is not None:
+                        outcome_raws.append(raw)
+                timings["card"] += time.perf_counter() - t0
+            self.next_offsets[(topic, partition)] = offset + 1
+        self._decide_pending()
+        if outcome_raws:
+            self._send(self.routing.hand_over(outcome_raws))
+        for stage, seconds in timings.items():
+            if seconds:
+                metrics.child(metrics.STAGE_SECONDS, stage).observe(seconds)
+        metrics.BATCH_RECORDS.observe(len(batch))
+        metrics.child(metrics.STAGE_SECONDS, "batch").observe(time.perf_counter() - started)
+
+    def _send(self, out: Output) -> None:
+        assert self.outbox is not None
+        self.outbox.send(out.topic, out.key, out.value)
+        metrics.child(metrics.EVENTS_OUT, out.topic).inc()
+
+    # -- card stage --------------------------------------------------------------------------
+
+    def _card(self, raw: bytes | None, src: Source, received: float) -> None:
+        admitted = self.admission.admit(raw, src, "transaction")
+        if not isinstance(admitted, Admitted):
+            self._send(admitted)
+            return
+        tx = admitted.record
+        card = tx["card_token"]
+        t_ms = event_millis(tx)
+        key = (src.topic, src.partition)
+        self.marks[key] = max(self.marks.get(key, t_ms), t_ms)
+        try:
+            table = self.cards.table(src.partition)
+            stored = table.get(card) or {}
+            state, amounts, row = self.card_stage.features(
+                stored.get("features") or None, tx, stored.get("amounts", []),
+                stored.get("outcomes"))
+            self.cards.put(src.partition, card, {**stored, "features": state,
+                                                 "amounts": amounts})
+            stale = None
+        except Exception:  # the feature store failed: decide on what we last knew
+            log.exception("card state unavailable for a transaction; using cached features")
+            metrics.FEATURE_STORE_ERRORS.inc()
+            cached = self.card_stage.cached(card)
+            row, stale = (cached[0], received - cached[1]) if cached else ({}, 1e9)
+            amounts = []
+        self._send(self.card_stage.hand_over(tx, row, amounts, src, received, stale,
+                                             raw if not admitted.pan_redactions else None))
+
+    def _label(self, raw: bytes | None, src: Source) -> None:
+        admitted = self.admission.admit(raw, src, "label")
+        if not isinstance(admitted, Admitted):
+            self._send(admitted)
+            return
+        label = admitted.record
+        known = int(label["known_at"].timestamp() * 1000)
+        key = (src.topic, src.partition)
+        self.marks[key] = max(self.marks.get(key, known), known)
+        out = self.card_stage.forward_label(label)
+        if out is None:
+            metrics.LABELS_WITHOUT_TERMINAL.inc()
+        else:
+            self._send(out)
+
+    def _outcome(self, raw: bytes | None, src: Source) -> bytes | None:
+        admitted = self.admission.admit(raw, src, "authorization_outcome")
+        if not isinstance(admitted, Admitted):
+            self._send(admitted)
+            return None
+        rec = admitted.record
+        card = rec["card_token"]
+        try:
+            table = self.cards.table(src.partition)
+            stored = table.get(card) or {}
+            self.cards.put(src.partition, card, {**stored, "outcomes": F.card_outcome_observe(
+                stored.get("outcomes"), rec["transaction_id"], event_millis(rec),
+                rec["result"])})
+        except Exception:  # the feature store failed: routing still gets the outcome
+            log.exception("card state unavailable for an outcome")
+            metrics.FEATURE_STORE_ERRORS.inc()
+        return raw
+
+    def _send_marks(self) -> None:
+        """Tell every terminal partition how far each owned input partition has been handed over."""
+        assert self.consumer is not None and self.outbox is not None
+        marks: dict[str, int] = {}
+        kinds = {self.topics[Topic.TRANSACTIONS]: "transactions",
+                 self.topics[Topic.LABELS]: "labels"}
+        try:
+            assignment = self.consumer.assignment()
+        except Exception:
+            return
+        for tp in assignment:
+            kind = kinds.get(tp.topic)
+            if kind is None:
+                continue
+            done = self.next_offsets.get((tp.topic, tp.partition))
+            _, high = self.consumer.get_watermark_offsets(tp, cached=True)
+            if done is not None and high >= 0 and done >= high:
+                marks[source(kind, tp.partition)] = CAUGHT_UP
+            elif (tp.topic, tp.partition) in self.marks:
+                marks[source(kind, tp.partition)] = self.marks[(tp.topic, tp.partition)]
+        if not marks:
+            return
+        event = {"kind": "WATERMARK", "transaction_id": "", "terminal_id": "",
+                 "transaction_time": datetime.fromtimestamp(0, UTC), "payload": b"",
+                 "card_features": {}, "card_amount_history": [], "card_state_stale_s": None,
+                 "received_at_ms": time.time() * 1000.0, "source_timestamp_ms": None,
+                 "watermarks": marks}
+        topic = self.topics[Topic.SCORING]
+        value = self.codec.encode("scoring_event", event, topic=topic)
+        for q in range(self.terminal_partitions):
+            self.outbox.send(topic, b"watermark", value, partition=q)
+
+    # -- terminal stage ----------------------------------------------------------------------
+
+    def _terminal(self, raw: bytes, src: Source, received: float) -> None:
+        assert self.gate is not None
+        metrics.child(metrics.EVENTS_IN, src.topic).inc()
+        try:
+            event = self.terminal_stage.decode(raw)
+        except Exception as exc:  # our own topic, so a bug: keep the record, say why
+            self._send(self.admission.dead_letter(raw, src, internal_error(exc)))
+            return
+        q = src.partition
+        kind = event["kind"]
+        if kind == "WATERMARK":
+            self.gate.update(q, event["watermarks"])
+            self._release(q, time.time())
+            return
+        terminal = event["terminal_id"]
+        table = self.terminals.table(q)
+        if kind == "LABEL":
+            self.terminals.put(q, terminal, self.terminal_stage.observe_label(
+                table.get(terminal), event))
+            return
+        if kind != "TRANSACTION":
+            return
+        t_ms = int(event["transaction_time"].timestamp() * 1000)
+        held = self.held[q]
+        if held or not self.gate.ready(q, t_ms):
+            # Observed now (later decisions count it), decided once the watermarks allow.
+            self.terminals.put(q, terminal, F.terminal_observe_tx(
+                table.get(terminal), event["transaction_id"], t_ms))
+            held.append(Held(src.offset, event, t_ms, received))
+            metrics.HELD_DECISIONS.set(sum(len(h) for h in self.held.values()))
+            return
+        self._prepare(q, event, received, waited_out=False)
+
+    def _prepare(self, q: int, event: dict[str, Any], started: float, waited_out: bool) -> None:
+        """Observe and read features now; the batch's decisions are made together at its end."""
+        terminal = event["terminal_id"]
+        try:
+            state, ready = self.terminal_stage.prepare(self.terminals.table(q).get(terminal),
+                                                       event, started, waited_out)
+            self.terminals.put(q, terminal, state)
+            self.pending.append(ready)
+        except Exception:
+            log.exception("terminal state failed; deciding without features")
+            metrics.FEATURE_STORE_ERRORS.inc()
+            self._emit(self._without_state(q, event, started))
+
+    def _without_state(self, q: int, event: Mapping[str, Any], started: float) -> Output:
+        try:
+            return self.terminal_stage.decide_without_state(event, started)
+        except Exception as again:
+            where = Source(self.topics[Topic.SCORING], q, -1, None)
+            return self.admission.dead_letter(b"", where, internal_error(again))
+
+    def _decide_pending(self) -> None:
+        """One decision-chain call for every transaction the batch made decidable."""
+        if not self.pending:
+            return
+        batch, self.pending = self.pending, []
+        t0 = time.perf_counter()
+        try:
+            verdicts = self.terminal_stage.decide_all(batch)
+        except Exception:  # the chain never raises; this is the stage's own code failing
+            log.exception("deciding a batch failed; deciding each without features")
+            verdicts = [self._without_state(-1, p.event, p.started) for p in batch]
+        metrics.child(metrics.STAGE_SECONDS, "decide").observe(time.perf_counter() - t0)
+        for verdict in verdicts:
+            self._emit(verdict)
+
+    def _emit(self, verdict: Output) -> None:
+        self._send(verdict)
+        for follow_up in verdict.follow_ups:
+            self._send(follow_up)
+        if verdict.opens_case:
+            self._send(self.cases.open_case(verdict, datetime.now(UTC)))
+
+    def _release(self, q: int, now: float) -> None:
+        assert self.gate is not None
+        held = self.held.get(q)
+        released = False
+        while held:
+            head = held[0]
+            waited_out = now - head.started > MAX_HOLD_S
+            if not waited_out and not self.gate.ready(q, head.t_ms):
+                break
+            if waited_out:
+                metrics.WATERMARK_TIMEOUTS.inc()
+            held.popleft()
+            released = True
+            metrics.WATERMARK_WAIT.observe(max(0.0, now - head.started))
+            self._prepare(q, head.event, head.started, waited_out)
+        if released:
+            metrics.HELD_DECISIONS.set(sum(len(h) for h in self.held.values()))
+
+    def _release_held(self, now: float) -> None:
+        for q, held in self.held.items():
+            if held and now - held[0].started > MAX_HOLD_S:
+                self._release(q, now)
+
+    # -- checkpoint --------------------------------------------------------------------------
+
+    def _offsets(self) -> Offsets:
+        """Next offset per processed partition; a terminal partition stops at its oldest hold."""
+        out = dict(self.next_offsets)
+        scoring = self.topics[Topic.SCORING]
+        for q, held in self.held.items():
+            if held and (scoring, q) in out:
+                out[(scoring, q)] = held[0].offset
+        return out
+
+    def _checkpoint(self, wait: bool) -> None:
+        assert self.outbox is not None and self.consumer is not None
+        t0 = time.perf_counter()
+        for store in (self.cards, self.terminals):
+            topic = store.changelog
+            for partition, key, value in store.changes():
+                self.outbox.send(topic, key.encode(), value, partition=partition)
+        self.outbox.close_epoch(self._offsets())
+        ready = self.outbox.drain() if wait else self.outbox.committable()
+        if ready:
+            offsets = [TopicPartition(t, p, o) for (t, p), o in ready.items()]
+            try:
+                if wait:
+                    self.consumer.commit(offsets=offsets, asynchronous=False)
+                else:
+                    self.consumer.commit(offsets=offsets, asynchronous=True)
+            except Exception as exc:  # e.g. no longer a member: the next owner repeats the work
+                log.warning("offset commit failed: %s", exc)
+        metrics.STAGE_SECONDS.labels("checkpoint").observe(time.perf_counter() - t0)
+        metrics.STATE_KEYS.labels(self.cards.name).set(self.cards.keys())
+        metrics.STATE_KEYS.labels(self.terminals.name).set(self.terminals.keys())
+
+    def _report_lag(self) -> None:
+        assert self.consumer is not None
+        try:
+            for tp in self.consumer.assignment():
+                _, high = self.consumer.get_watermark_offsets(tp, cached=True)
+                done = self.next_offsets.get((tp.topic, tp.partition))
+                if high >= 0 and done is not None:
+                    metrics.CONSUMER_LAG.labels(tp.topic, str(tp.partition)).set(
+                        max(0, high - done))
+        except Exception:  # a figure is not worth a crash
+            log.debug("lag report failed", exc_info=True)
+
+
+def start_lane(settings: Settings, on_fatal: Callable[[BaseException], None] | None = None
+               ) -> tuple[FraudLane, threading.Thread]:
+    """Run the lane in a thread of the worker process; a fatal error ends the process loudly."""
+    lane = FraudLane(settings)
+
+    def main() -> None:
+        try:
+            lane.run()
+        except BaseException as exc:
+            log.critical("fraud lane stopped: %s: %s", type(exc).__name__, exc, exc_info=True)
+            if on_fatal is not None:
+                on_fatal(exc)
+            else:
+                os._exit(70)
+
+    thread = threading.Thread(target=main, name="fraud-lane", daemon=True)
+    thread.start()
+    return lane, thread

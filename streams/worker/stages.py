@@ -1,0 +1,337 @@
+"""The worker's two stages per transaction, and its label handling, with no Faust in sight.
+
+Why two stages: card features need every transaction of a card in order (partition by card), and
+terminal features need every transaction of a terminal (partition by terminal). One hop through the
+internal scoring-by-terminal topic joins them:
+
+    transactions (by card) --card stage--> scoring-by-terminal (by terminal) --terminal stage-->
+    decisions
+    labels (by card) --------label stage--> scoring-by-terminal (LABEL events)
+
+The terminal features only read transactions and labels at least seven days old (the handbook's
+label delay), so the hop's few milliseconds, and the race between the labels and transactions
+topics, cannot change them; the card features read only the card's own partition, in order.
+Every state update is idempotent per transaction id, so an at-least-once repeat changes nothing.
+
+The Faust agents in `streams.worker.app` hold the tables and send what these functions return; tests
+drive them directly.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from agents.fraud.guardrail import record_amount
+from agents.fraud.pipeline import DecisionContext, DecisionPipeline, VerdictParts
+from schemas.codec import Codec
+from scoring import features as F
+from scoring.fx import to_eur
+from streams.topics import Topic, topic_name
+from streams.worker import metrics
+from streams.worker.admission import Output, Source, event_millis, verdict_id
+
+CACHE_TTL_S = 3600.0  # cached card features older than this are "expired" (planner: conservative)
+
+
+def _ms(ts: datetime) -> int:
+    return int(ts.timestamp() * 1000)
+
+
+@dataclass
+class CardStage:
+    """Card state in, card features out, plus the hand-over record for the terminal stage."""
+
+    codec: Codec
+    prefix: str = ""
+    # Last good features per card, for when the feature store (the table) fails.
+    cache: OrderedDict[str, tuple[dict[str, float], float]] = field(default_factory=OrderedDict)
+    cache_size: int = 100_000
+
+    def __post_init__(self) -> None:
+        self.topic = topic_name(Topic.SCORING, self.prefix)
+
+    def features(self, state: dict[str, Any] | None, tx: Mapping[str, Any],
+                 amounts: list[Any], outcomes: dict[str, Any] | None = None,
+                 ) -> tuple[dict[str, Any], list[Any], dict[str, float]]:
+        """Update the card's state with this transaction; return (state, amounts, features).
+        ``outcomes`` is the card's authorization-outcome history (for its decline rate)."""
+        t_ms = event_millis(tx)
+        amount = to_eur(tx["amount"], tx["currency"])
+        geo = (tx["geo"]["lat"], tx["geo"]["lon"]) if tx.get("geo") else None
+        state = F.card_observe(state, tx["transaction_id"], t_ms, amount, tx.get("country"), geo)
+        row = F.card_window_features(state, t_ms, amount)
+        row.update(F.card_profile_features(state, t_ms, tx.get("country"), geo))
+        row["card_decline_rate_7d"] = F.card_decline_rate(outcomes, t_ms)
+        amounts = record_amount(amounts, t_ms, tx["transaction_id"], float(tx["amount"]),
+                                tx["currency"])
+        self._remember(tx["card_token"], row)
+        return state, [list(a) for a in amounts], row
+
+    def _remember(self, card: str, row: dict[str, float]) -> None:
+        self.cache[card] = (row, time.time())
+        self.cache.move_to_end(card)
+        if len(self.cache) > self.cache_size:
+            self.cache.popitem(last=False)
+
+    def cached(self, card: str) -> tuple[dict[str, float], float] | None:
+        return self.cache.get(card)
+
+    def hand_over(self, tx: Mapping[str, Any], row: Mapping[str, float],
+                  amounts: list[Any], source: Source, received: float,
+                  stale_s: float | None = None, original: bytes | None = None) -> Output:
+        """The terminal stage's record for ``tx``. ``original``: the input bytes, when admission
+        changed nothing in them (no card number redacted), carried as they came rather than
+        encoded again; the terminal stage's decode reads any framing the input may use."""
+        event = {
+            "kind": "TRANSACTION",
+            "transaction_id": tx["transaction_id"],
+            "terminal_id": tx["terminal_id"],
+            "transaction_time": tx["event_time"],
+            "payload": original if original is not None else self.codec.encode(
+                "transaction", tx, topic=self.topic),
+            **card_features_out(row),
+            "card_amount_history": [{"t_ms": int(t), "transaction_id": str(i),
+                                     "amount": float(a), "currency": str(c)}
+                                    for t, i, a, c in amounts],
+            "card_state_stale_s": stale_s,
+            "received_at_ms": received * 1000.0,
+            "source_timestamp_ms": source.timestamp_ms,
+        }
+        value = self.codec.encode("scoring_event", event, topic=self.topic)
+        return Output(self.topic, str(tx["terminal_id"]).encode(), value)
+
+    def forward_label(self, label: Mapping[str, Any]) -> Output | None:
+        """Labels without a terminal cannot feed terminal risk; they are counted, not forwarded."""
+        terminal = label.get("terminal_id")
+        if not terminal:
+            return None
+        event = {
+            "kind": "LABEL",
+            "transaction_id": label["transaction_id"],
+            "terminal_id": terminal,
+            "transaction_time": label["transaction_time"],
+            "payload": self.codec.encode("label", label, topic=self.topic),
+            "card_features": {},
+            "card_amount_history": [],
+            "card_state_stale_s": None,
+            "received_at_ms": time.time() * 1000.0,
+            "source_timestamp_ms": None,
+        }
+        value = self.codec.encode("scoring_event", event, topic=self.topic)
+        return Output(self.topic, str(terminal).encode(), value)
+
+
+_CARD_SET = frozenset(F.CARD_FEATURES)
+
+
+def card_features_out(row: Mapping[str, float]) -> dict[str, Any]:
+    """The hand-over's card features: a vector in ``CARD_FEATURES`` order when the row has
+    exactly those (always, unless the card state failed), else the map by name."""
+    if len(row) == len(_CARD_SET) and _CARD_SET.issuperset(row):
+        return {"card_features": {}, "card_vector": [row[n] for n in F.CARD_FEATURES]}
+    return {"card_features": dict(row), "card_vector": []}
+
+
+def card_features_in(event: Mapping[str, Any]) -> dict[str, float]:
+    """The card features a hand-over carries, by name, whichever way it carries them. A vector
+    of another length (from a worker with another feature list, during a rolling upgrade) raises:
+    the terminal stage then decides that transaction without features, and says so."""
+    vector = event.get("card_vector")
+    if vector:
+        return dict(zip(F.CARD_FEATURES, vector, strict=True))
+    return dict(event["card_features"])
+
+
+@dataclass(slots=True)
+class Prepared:
+    """A transaction observed at its terminal, with its features, waiting for its verdict."""
+
+    tx: dict[str, Any]
+    row: dict[str, float]
+    context: DecisionContext
+    event: Mapping[str, Any]
+    started: float
+    waited_out: bool
+
+
+@dataclass
+class ScoredTransaction:
+    features: dict[str, float]
+    score: float
+
+
+@dataclass
+class TerminalStage:
+    """Terminal state and the decision chain; one per worker, fed by the terminal partitions."""
+
+    codec: Codec
+    pipeline: DecisionPipeline
+    prefix: str = ""
+    # What each recent transaction was scored with, so its label can teach the online learner.
+    memory_size: int = 200_000
+    scored: OrderedDict[str, ScoredTransaction] = field(default_factory=OrderedDict)
+    # Labels released early by a replay wait here until event time reaches their known_at.
+    pending: list[tuple[int, str, bool]] = field(default_factory=list)
+    watermark_ms: int = 0
+    labels_learned: int = 0
+    labels_unmatched: int = 0
+
+    def __post_init__(self) -> None:
+        self.decisions = topic_name(Topic.DECISIONS, self.prefix)
+        self.internal = topic_name(Topic.SCORING, self.prefix)
+        self.notifications = topic_name(Topic.NOTIFICATIONS, self.prefix)
+        self._drift_reported: object = None
+
+    def decode(self, raw: bytes) -> dict[str, Any]:
+        return self.codec.decode(raw, topic=self.internal, expect="scoring_event").record
+
+    def observe_label(self, state: dict[str, Any] | None,
+                      event: Mapping[str, Any]) -> dict[str, Any]:
+        label = self.codec.decode(event["payload"], topic=self.internal, expect="label").record
+        fraud = label["label"] in ("FRAUD", "CHARGEBACK")
+        state = F.terminal_observe_label(state, label["transaction_id"],
+                                         _ms(label["transaction_time"]), fraud)
+        heapq.heappush(self.pending, (_ms(label["known_at"]), label["transaction_id"], fraud))
+        self._learn_due()
+        return state
+
+    def _learn_due(self) -> None:
+        """Teach the online learner every label whose known_at event time has passed."""
+        while self.pending and self.pending[0][0] <= self.watermark_ms:
+            _, tx_id, fraud = heapq.heappop(self.pending)
+            seen = self.scored.pop(tx_id, None)
+            if seen is None:
+                self.labels_unmatched += 1
+                continue
+            self.pipeline.record_label(seen.features, seen.score, fraud)
+            self.labels_learned += 1
+
+    def decide(self, state: dict[str, Any] | None, event: Mapping[str, Any],
+               started: float, waited_out: bool = False) -> tuple[dict[str, Any], Output]:
+        """Observe the transaction at its terminal and decide it (``prepare`` then ``decide_all``
+        for one)."""
+        state, ready = self.prepare(state, event, started, waited_out)
+        return state, self.decide_all([ready])[0]
+
+    def prepare(self, state: dict[str, Any] | None, event: Mapping[str, Any], started: float,
+                waited_out: bool = False) -> tuple[dict[str, Any], Prepared]:
+        """Observe the transaction at its terminal and read its features: the new terminal
+        state (store it before the next transaction of the batch reads it) and what the
+        decision needs. ``waited_out``: the watermarks never allowed it
+        (streams.worker.watermarks), so its terminal history may be short; the verdict says
+        so (fallback ``watermark_timeout``)."""
+        tx = self.codec.decode(event["payload"], topic=self.internal, expect="transaction").record
+        t_ms = event_millis(tx)
+        amount = to_eur(tx["amount"], tx["currency"])
+        state = F.terminal_observe_tx(state, tx["transaction_id"], t_ms)
+        row = F.transaction_features(t_ms, amount)
+        row.update(card_features_in(event))
+        row.update(F.terminal_features(state, t_ms))
+        stale = event["card_state_stale_s"]
+        context = DecisionContext(
+            now_ms=t_ms,
+            feature_store_ok=stale is None,
+            cached_features=row if stale is not None else None,
+            cached_at_ms=int(t_ms - stale * 1000) if stale is not None else None,
+            amount_history=[(a["t_ms"], a["transaction_id"], a["amount"], a["currency"])
+                            for a in event["card_amount_history"]],
+        )
+        return state, Prepared(tx, row, context, event, started, waited_out)
+
+    def decide_all(self, batch: list[Prepared]) -> list[Output]:
+        """Verdicts for prepared transactions, in order: one decision-chain call for the batch
+        (one model call per arm, one explanation call for what it flags)."""
+        decided = self.pipeline.decide_many(
+            [(p.tx, p.row if p.context.feature_store_ok else None, p.context) for p in batch])
+        self._report_drift()
+        out = []
+        for p, parts in zip(batch, decided, strict=True):
+            if p.waited_out:
+                parts = replace(parts, fallbacks=(*parts.fallbacks, "watermark_timeout"))
+            self.watermark_ms = max(self.watermark_ms, p.context.now_ms)
+            self._remember(p.tx["transaction_id"], p.row, parts.score)
+            out.append(self.verdict(p.tx, parts, p.row, p.started, p.event))
+        self._learn_due()
+        return out
+
+    def decide_without_state(self, event: Mapping[str, Any], started: float) -> Output:
+        """The verdict when reading or updating terminal state raised: no features at all.
+
+        The decision chain then runs its features_unavailable path (conservative tier) rather
+        than the transaction going without a verdict; the state is left as it was.
+        """
+        tx = self.codec.decode(event["payload"], topic=self.internal, expect="transaction").record
+        context = DecisionContext(now_ms=event_millis(tx), feature_store_ok=False,
+                                  cached_features=None, cached_at_ms=None, amount_history=[])
+        parts = self.pipeline.decide(tx, None, context)
+        return self.verdict(tx, parts, {}, started, event)
+
+    def _report_drift(self) -> None:
+        """The evaluator recomputes PSI every so many verdicts; publish each new report once."""
+        drift = self.pipeline.evaluator.latest_drift
+        if drift is not None and drift is not self._drift_reported:
+            self._drift_reported = drift
+            for name, d in drift.items():
+                metrics.DRIFT_PSI.labels(name).set(d.psi)
+
+    def _remember(self, tx_id: str, row: dict[str, float], score: float) -> None:
+        self.scored[tx_id] = ScoredTransaction(row, score)
+        if len(self.scored) > self.memory_size:
+            self.scored.popitem(last=False)
+
+    def verdict(self, tx: Mapping[str, Any], parts: VerdictParts, row: Mapping[str, float],
+                started: float, event: Mapping[str, Any]) -> Output:
+        now = time.time()
+        received = event["received_at_ms"] / 1000.0
+        record = {
+            "verdict_id": verdict_id(tx["transaction_id"]),
+            "transaction_id": tx["transaction_id"],
+            "card_token": tx["card_token"],
+            **parts.verdict_fields(),
+            "processing_latency_ms": (now - min(received, started)) * 1000.0,
+            "transaction_time": tx["event_time"],
+            "decided_at": datetime.fromtimestamp(now, UTC),
+            "is_override": False,
+            "overrides_verdict_id": None,
+            "decided_by": "worker",
+            "features": {k: float(v) for k, v in row.items()},
+            "shadow": None if parts.shadow is None else {
+                "model_version": parts.shadow.model_version,
+                "score": parts.shadow.probability,
+                "fallbacks": list(parts.shadow.fallbacks)},
+        }
+        value = self.codec.encode("verdict", record, topic=self.decisions)
+        metrics.child(metrics.VERDICTS, parts.decision).inc()
+        for fallback in parts.fallbacks:
+            metrics.child(metrics.FALLBACKS, fallback).inc()
+        for check in parts.guardrails:
+            if not check.passed:
+                metrics.child(metrics.GUARDRAIL_FAILURES, check.name).inc()
+        source_ts = event["source_timestamp_ms"]
+        if source_ts is not None:
+            metrics.VERDICT_LATENCY.observe(max(0.0, now - source_ts / 1000.0))
+        return Output(self.decisions, tx["transaction_id"].encode(), value,
+                      opens_case=parts.decision == "REVIEW",
+                      follow_ups=self._notify(record, parts.customer_message))
+
+    def _notify(self, verdict: Mapping[str, Any], message: str) -> tuple[Output, ...]:
+        """Declined and reviewed payments: the customer hears why in plain words (the decision
+        agent's message: no scores, no rule names). Approvals need no message."""
+        kind = {"DECLINE": "PAYMENT_DECLINED", "REVIEW": "PAYMENT_UNDER_REVIEW"}.get(
+            verdict["decision"])
+        if kind is None:
+            return ()
+        record = {
+            "notification_id": f"n-{verdict['verdict_id']}",
+            "transaction_id": verdict["transaction_id"], "card_token": verdict["card_token"],
+            "kind": kind, "message": message,
+            "case_id": f"case-{verdict['verdict_id']}" if kind == "PAYMENT_UNDER_REVIEW" else None,
+            "verdict_id": verdict["verdict_id"], "created_at": verdict["decided_at"]}
+        value = self.codec.encode("notification", record, topic=self.notifications)
+        return (Output(self.notifications, verdict["card_token"].encode(), value),)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -13,8 +12,8 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from streams.config import REPO_ROOT, Settings
-from streams.demo.run import wait_for_group
+from streams.config import Settings
+from streams.launcher import spawn, stop_process, wait_for_group
 from streams.topics import Topic, topic_name
 
 
@@ -28,12 +27,7 @@ class WorkerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, wait: bool = True) -> WorkerProcess:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "streams.cli", "worker", "--loglevel", "warn", *self.args],
-                stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
-                env={**os.environ, **self.settings.to_env()}, start_new_session=True)
+        self.proc = spawn(self.settings, self.log_path, "worker", "--loglevel", "warn", *self.args)
         if wait:
             wait_for_group(self.settings, self.settings.app_id, self.proc)
         return self
@@ -44,14 +38,8 @@ class WorkerProcess:
         self.proc.wait()
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        if self.proc is not None:
+            stop_process(self.proc)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

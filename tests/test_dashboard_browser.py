@@ -15,14 +15,14 @@ from typing import Any
 
 import pytest
 
+from agents.routing.baseline import write_baseline
 from schemas.codec import make_codec
 from streams.admin import ensure_topics, free_port
 from streams.api.server import ensure_tokens
 from streams.config import Settings
-from streams.demo.run import start_api, stop_process
+from streams.launcher import start_api, stop_process
 from streams.topics import Topic
 from streams.worker.casework import open_command
-from streams.worker.routing import write_baseline
 from tests.factories import degrading_outcomes
 from tests.kafka_helpers import WorkerProcess, name, produce
 from tests.test_codec import RECORDS

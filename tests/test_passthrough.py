@@ -13,7 +13,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from streams.admin import end_offsets, ensure_topics
 from streams.config import Settings
-from streams.demo.run import wait_until_ready
+from streams.launcher import wait_until_ready
 from streams.topics import Topic
 from tests.kafka_helpers import WorkerProcess, name, produce, read_all
 

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 
+from agents.routing.baseline import write_baseline
 from schemas.codec import make_codec
 from streams.admin import ensure_topics
 from streams.config import Settings
 from streams.simulator.routing import ApplyResult, RoutingTable
 from streams.topics import Topic
-from streams.worker.routing import write_baseline
 from tests.factories import degrading_outcomes
 from tests.kafka_helpers import WorkerProcess, name, produce, read_all
 

@@ -31,7 +31,7 @@ from scoring import features as F
 from scoring.train import DELTA_DELAY, DELTA_TEST, DELTA_TRAIN, PROTOCOLS, score_protocol
 from streams.admin import delete_run_topics, end_offsets, ensure_topics, free_port
 from streams.config import Settings
-from streams.demo.run import start_worker, stop_process, wait_until_ready
+from streams.launcher import start_worker, stop_process, wait_until_ready
 from streams.simulator.producer import SimulationReport, replay_handbook
 from streams.topics import Topic, topic_name
 

@@ -33,7 +33,7 @@ from confluent_kafka.admin import AdminClient
 from schemas.codec import make_codec
 from streams.admin import delete_run_topics, ensure_topics, free_port
 from streams.config import Settings
-from streams.demo.run import start_worker, stop_process, wait_until_ready
+from streams.launcher import start_worker, stop_process, wait_until_ready
 from streams.simulator.population import build_population
 from streams.simulator.scenarios import get_scenario
 from streams.simulator.traffic import EventClock, TrafficGenerator

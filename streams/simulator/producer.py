@@ -19,6 +19,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Message, Producer
 
+from agents.routing.baseline import write_baseline
 from schemas.codec import Codec
 from schemas.codec import make_codec as registry_codec
 from streams.config import Settings
@@ -28,7 +29,6 @@ from streams.simulator.routing import ApplyResult, RoutingTable
 from streams.simulator.scenarios import Scenario, get_scenario
 from streams.simulator.traffic import EventClock, TrafficGenerator
 from streams.topics import SPECS, Topic, topic_name
-from streams.worker.routing import write_baseline
 
 OnTransaction = Callable[[str, float], None]
 Progress = Callable[["SimulationReport"], None]

@@ -25,6 +25,7 @@ from typing import Any
 import faust
 from prometheus_client import start_http_server
 
+from agents.routing.baseline import load_baseline
 from schemas.codec import make_codec
 from streams.config import Settings
 from streams.topics import DEAD_LETTER_MAX_BYTES, Topic, topic_name
@@ -32,7 +33,7 @@ from streams.worker import metrics
 from streams.worker.admission import Output, Processor, Source, internal_error
 from streams.worker.casework import CaseStage
 from streams.worker.lane import start_lane
-from streams.worker.routing import RoutingStage, load_baseline
+from streams.worker.routing import RoutingStage
 from streams.worker.transport import App, finishing
 from streams.worker.write_behind import WriteBehind
 

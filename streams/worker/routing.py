@@ -8,11 +8,8 @@ on hypotheses from anyone else who publishes there. Both see outcomes in event t
 
 from __future__ import annotations
 
-import json
-import logging
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from agents.routing.analyst import Analyst, AnalystConfig
@@ -23,24 +20,7 @@ from streams.topics import Topic, topic_name
 from streams.worker import metrics
 from streams.worker.admission import Output
 
-log = logging.getLogger(__name__)
-
 TICK_MS = 1000  # the Pilot's time-based steps run at most once a second of event time
-
-
-def load_baseline(path: Path) -> dict[str, dict[str, float]]:
-    """The gateways' static route weights per issuer: what the Pilot measures shifts from and
-    restores to. Missing file: no baseline, and the Pilot refuses every move (unknown_cell)."""
-    if not path.exists():
-        log.warning("no routing baseline at %s: the Pilot will refuse every move", path)
-        return {}
-    raw = json.loads(path.read_text())
-    return {str(i): {str(r): float(w) for r, w in ws.items()} for i, ws in raw.items()}
-
-
-def write_baseline(path: Path, weights: Mapping[str, Mapping[str, float]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({i: dict(ws) for i, ws in weights.items()}, indent=1))
 
 
 @dataclass

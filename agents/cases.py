@@ -26,10 +26,11 @@ import json
 import math
 from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from agents.fraud.decision import CUSTOMER_MESSAGES
+from schemas.clock import from_millis, to_millis
 from schemas.pan import redact_text
 
 __all__ = [
@@ -79,8 +80,6 @@ _NOTICES = {
               "Please contact your card issuer if you have questions.",
 }
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MS = timedelta(milliseconds=1)
 _VERDICT_TIMES = ("transaction_time", "decided_at")
 _CASE_TIMES = ("due_at", "updated_at")
 
@@ -126,11 +125,7 @@ class CaseResult:
 def _ms(when: datetime) -> int:
     if when.tzinfo is None:
         raise ValueError("times must be timezone-aware (UTC)")
-    return (when - _EPOCH) // _MS
-
-
-def _dt(ms: int) -> datetime:
-    return _EPOCH + timedelta(milliseconds=ms)
+    return to_millis(when)
 
 
 def _convert_times(record: Mapping[str, Any], times: tuple[str, ...], kind: type,
@@ -148,7 +143,7 @@ def _to_json(record: Mapping[str, Any], times: tuple[str, ...]) -> Record:
 
 
 def _from_json(record: Mapping[str, Any], times: tuple[str, ...]) -> Record:
-    return _convert_times(record, times, int, _dt)
+    return _convert_times(record, times, int, from_millis)
 
 
 def _clean(text: str | None) -> str | None:
@@ -423,7 +418,7 @@ class CaseBook:
         """The first approval of a guardrail-blocked case awaiting a second analyst, if any."""
         entry = self._entry(case_id)
         pending = None if entry is None else entry.get("pending")
-        return None if pending is None else {**pending, "at": _dt(pending["at"])}
+        return None if pending is None else {**pending, "at": from_millis(pending["at"])}
 
     def queue_size(self) -> int:
         """Cases not yet resolved (open or claimed)."""
@@ -432,7 +427,7 @@ class CaseBook:
     def oldest_open_age(self, now: datetime) -> timedelta | None:
         """How long the longest-waiting unresolved case has been open (None if none is)."""
         opened = self._open_index().values()
-        return now - _dt(min(opened)) if opened else None
+        return now - from_millis(min(opened)) if opened else None
 
     def forget_index(self) -> None:
         """Rebuild the unresolved index from the store on next use (the store changed under

@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import io
 import json
-import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+from decimal import Decimal
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal, Protocol, cast
@@ -26,6 +24,8 @@ from typing import Any, Literal, Protocol, cast
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.schema import SchemaParseException, fingerprint, to_parsing_canonical_form
 
+from schemas import walker
+from schemas.compatibility import unresolvable_field
 from schemas.compiled import Reader, Writer, compile_schema
 from schemas.pan import redact_text
 
@@ -212,7 +212,7 @@ class _AvroCodec:
     def _resolver(repo: _Schema, writer: dict[str, Any], named: dict[str, Any]) -> _Writer:
         if _fingerprint(writer) == repo.fingerprint:
             return _Writer(repo, writer, None)
-        missing = _unresolvable_field(writer, repo.parsed, named, repo.named)
+        missing = unresolvable_field(writer, repo.parsed, named, repo.named)
         error = None
         if missing is not None:
             error = DecodeError(
@@ -240,7 +240,7 @@ class _AvroCodec:
 
     @staticmethod
     def _encode_error(schema: _Schema, record: Mapping[str, Any], exc: Exception) -> EncodeError:
-        problem = _diagnose(record, schema.parsed, schema.named)
+        problem = walker.diagnose(record, schema.parsed, schema.named)
         if problem is not None:
             return EncodeError(f"{schema.name}: {problem.message}", field=problem.field)
         return EncodeError(f"{schema.name}: {type(exc).__name__}: {exc}")
@@ -311,8 +311,8 @@ class _AvroCodec:
         except (ValueError, RecursionError) as exc:
             raise DecodeError("undecodable", f"invalid JSON ({type(exc).__name__})") from None
         try:
-            record = _from_json(value, schema.parsed, schema.named)
-        except _Invalid as exc:
+            record = walker.from_json(value, schema.parsed, schema.named)
+        except walker.Invalid as exc:
             raise DecodeError(exc.reason, f"{expect}: {exc.message}", field=exc.field) from None
         return Decoded(expect, record, from_json=True)
 
@@ -431,256 +431,6 @@ def make_codec(schema_registry_url: str | None) -> Codec:
     return SingleObjectCodec(history_schemas())
 
 
-# --- Walking schemas -------------------------------------------------------------------------
-# fastavro covers the binary hot path. What it does not give us is (a) JSON -> Avro's Python form
-# with errors that name the field, (b) a readable reason when encoding fails, and (c) early
-# detection of a writer that lacks a field the reader needs. One walker over parsed schemas
-# serves (a) and (b); ``json`` selects the lenient source forms JSON needs.
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_NOT_ARRAYS = (str, bytes, bytearray, Mapping)  # iterable, yet never meant as an Avro array
-_INT_RANGE = {"int": (-(2**31), 2**31 - 1), "long": (-(2**63), 2**63 - 1)}
-_JSON_KIND = {
-    type(None): "null",
-    bool: "boolean",
-    int: "number",
-    float: "number",
-    Decimal: "number",
-    str: "string",
-    list: "array",
-    dict: "object",
-}
-
-
-class _Invalid(Exception):
-    def __init__(self, reason: DecodeReason, field: str, message: str) -> None:
-        super().__init__(message)
-        self.reason: DecodeReason = reason
-        self.field = field
-        self.message = message
-
-
-@dataclass(frozen=True)
-class _Walk:
-    named: Mapping[str, Any]
-    json: bool  # JSON source: strings for money/time, unknown enum symbols -> default, extras ok
-
-    def convert(self, value: Any, schema: Any, path: str) -> Any:
-        if isinstance(schema, str):
-            if schema in self.named:
-                return self.convert(value, self.named[schema], path)
-            return self.primitive(value, schema, path)
-        if isinstance(schema, list):
-            return self.union(value, schema, path)
-        kind = schema["type"]
-        logical = schema.get("logicalType")
-        if logical == "decimal":
-            return self.decimal(value, schema, path)
-        if logical == "timestamp-millis" and kind == "long":
-            return self.timestamp(value, schema, path)
-        if kind == "record":
-            return self.record(value, schema, path)
-        if kind == "enum":
-            return self.enum(value, schema, path)
-        if kind == "array":
-            is_array = (
-                isinstance(value, list)
-                if self.json
-                else isinstance(value, Iterable) and not isinstance(value, _NOT_ARRAYS)
-            )
-            if not is_array:
-                raise self.wrong(value, schema, path)
-            return [self.convert(v, schema["items"], f"{path}[{i}]") for i, v in enumerate(value)]
-        if kind == "map":
-            if not isinstance(value, Mapping) or not all(isinstance(k, str) for k in value):
-                raise self.wrong(value, schema, path)
-            return {k: self.convert(v, schema["values"], f"{path}[]") for k, v in value.items()}
-        if kind == "fixed":
-            return self.primitive(value, "bytes", path, size=schema["size"], schema=schema)
-        return self.convert(value, kind, path)
-
-    def wrong(self, value: Any, schema: Any, path: str, why: str = "") -> _Invalid:
-        got = _JSON_KIND.get(type(value), "value") if self.json else type(value).__name__
-        where = f"field '{path}'" if path else "record"
-        detail = why or f"got {got}"
-        return _Invalid("wrong_type", path, f"{where} expected {self.describe(schema)}, {detail}")
-
-    def describe(self, schema: Any) -> str:
-        if isinstance(schema, str):
-            return self.describe(self.named[schema]) if schema in self.named else schema
-        if isinstance(schema, list):
-            return " or ".join(self.describe(s) for s in schema)
-        kind, logical = schema["type"], schema.get("logicalType")
-        if logical == "decimal":
-            return f"decimal({schema['precision']},{schema.get('scale', 0)})"
-        if logical == "timestamp-millis":
-            forms = "epoch millis or ISO-8601 with offset" if self.json else "datetime or millis"
-            return f"timestamp-millis ({forms})"
-        if kind in ("record", "enum", "fixed"):
-            return f"{kind} {schema['name'].rsplit('.', 1)[-1]}"
-        if kind == "array":
-            return f"array of {self.describe(schema['items'])}"
-        return str(kind)
-
-    def primitive(
-        self, value: Any, kind: str, path: str, size: int | None = None, schema: Any = None
-    ) -> Any:
-        shown = schema if schema is not None else kind
-        if kind == "null":
-            ok = value is None
-        elif kind == "boolean":
-            ok = isinstance(value, bool)
-        elif kind in _INT_RANGE:
-            ok = isinstance(value, int) and not isinstance(value, bool)
-            low, high = _INT_RANGE[kind]
-            if ok and not low <= value <= high:
-                raise self.wrong(value, shown, path, "out of range")
-        elif kind in ("float", "double"):
-            numeric = (int, float, Decimal) if self.json else (int, float)
-            if not isinstance(value, numeric) or isinstance(value, bool):
-                raise self.wrong(value, shown, path)
-            number = float(value)
-            if self.json and not math.isfinite(number):
-                raise self.wrong(value, shown, path, "not finite")
-            return number
-        elif kind == "string":
-            ok = isinstance(value, str)
-        elif kind == "bytes":
-            if self.json and isinstance(value, str):  # Avro's JSON form: one char per byte
-                try:
-                    value = value.encode("latin-1")
-                except UnicodeEncodeError:
-                    raise self.wrong(value, shown, path, "not Latin-1 text") from None
-            ok = isinstance(value, bytes | bytearray) and (size is None or len(value) == size)
-        else:
-            raise self.wrong(value, shown, path, "unsupported type")
-        if not ok:
-            raise self.wrong(value, shown, path)
-        return value
-
-    def union(self, value: Any, branches: list[Any], path: str) -> Any:
-        if value is None:
-            if "null" in branches:
-                return None
-            raise self.wrong(value, branches, path)
-        rest = [b for b in branches if b != "null"]
-        if self.json and isinstance(value, dict) and len(value) == 1:
-            # Avro's own JSON encoding wraps union values: {"string": "x"}.
-            ((key, inner),) = value.items()
-            for branch in rest:
-                if key in _type_names(branch, self.named):
-                    return self.convert(inner, branch, path)
-        if len(rest) == 1:
-            return self.convert(value, rest[0], path)
-        for branch in rest:
-            try:
-                return self.convert(value, branch, path)
-            except _Invalid:
-                continue
-        raise self.wrong(value, branches, path)
-
-    def record(self, value: Any, schema: dict[str, Any], path: str) -> dict[str, Any]:
-        if not isinstance(value, Mapping):
-            raise self.wrong(value, schema, path)
-        out: dict[str, Any] = {}
-        for field in schema["fields"]:
-            name = field["name"]
-            child = f"{path}.{name}" if path else name
-            if name in value:
-                out[name] = self.convert(value[name], field["type"], child)
-            elif "default" in field:  # defaults are written in Avro's JSON form
-                out[name] = _Walk(self.named, True).convert(field["default"], field["type"], child)
-            else:
-                raise _Invalid("missing_field", child, f"missing required field '{child}'")
-        if not self.json and len(out) != len(value):
-            extra = sorted(str(k) for k in value if k not in out)[0]
-            child = f"{path}.{extra}" if path else extra
-            raise _Invalid("wrong_type", child, f"field '{child}' is not in the schema")
-        return out
-
-    def enum(self, value: Any, schema: dict[str, Any], path: str) -> str:
-        if isinstance(value, str):
-            if value in schema["symbols"]:
-                return value
-            if self.json and "default" in schema:  # as Avro resolution treats a newer symbol
-                return cast(str, schema["default"])
-        raise self.wrong(value, schema, path, "not one of its symbols")
-
-    def decimal(self, value: Any, schema: dict[str, Any], path: str) -> Decimal:
-        scale, precision = schema.get("scale", 0), schema["precision"]
-        number: Decimal | None = None
-        if isinstance(value, Decimal):
-            number = value
-        elif isinstance(value, int) and not isinstance(value, bool):
-            number = Decimal(value)
-        elif self.json and isinstance(value, str):
-            try:
-                number = Decimal(value.strip())
-            except InvalidOperation:
-                number = None
-        if number is None or not number.is_finite():
-            raise self.wrong(value, schema, path)
-        try:
-            quantized = _quantize(number, scale)
-        except InvalidOperation:
-            quantized = None
-        if quantized is None or len(quantized.as_tuple().digits) > precision:
-            raise self.wrong(value, schema, path, "too many digits")
-        return quantized
-
-    def timestamp(self, value: Any, schema: dict[str, Any], path: str) -> datetime:
-        if isinstance(value, datetime) and not self.json:
-            return value
-        if isinstance(value, int) and not isinstance(value, bool):
-            try:
-                return _EPOCH + timedelta(milliseconds=value)
-            except OverflowError:
-                raise self.wrong(value, schema, path, "out of range") from None
-        if self.json and isinstance(value, str):
-            try:
-                parsed = datetime.fromisoformat(value)
-                if parsed.tzinfo is None:  # guessing the zone would shift every window feature
-                    raise self.wrong(value, schema, path, "got a time without a UTC offset")
-                parsed = parsed.astimezone(UTC)
-            except (ValueError, OverflowError):
-                raise self.wrong(value, schema, path, "got an unparseable string") from None
-            return parsed.replace(microsecond=parsed.microsecond // 1000 * 1000)
-        raise self.wrong(value, schema, path)
-
-
-def _type_names(schema: Any, named: Mapping[str, Any]) -> set[str]:
-    schema = named.get(schema, schema) if isinstance(schema, str) else schema
-    if isinstance(schema, str):
-        return {schema}
-    if isinstance(schema, dict):
-        if "name" in schema:
-            return {schema["name"], schema["name"].rsplit(".", 1)[-1]}
-        if isinstance(schema["type"], str):
-            return {schema["type"]}
-    return set()
-
-
-def _quantize(number: Decimal, scale: int) -> Decimal:
-    # Half-even: unbiased, so rounding many amounts does not drift totals upwards.
-    exponent = number.as_tuple().exponent
-    if isinstance(exponent, int) and exponent == -scale:
-        return number
-    return number.quantize(Decimal(1).scaleb(-scale), rounding=ROUND_HALF_EVEN)
-
-
-def _from_json(value: Any, schema: dict[str, Any], named: Mapping[str, Any]) -> dict[str, Any]:
-    return cast(dict[str, Any], _Walk(named, True).convert(value, schema, ""))
-
-
-def _diagnose(record: Any, schema: dict[str, Any], named: Mapping[str, Any]) -> _Invalid | None:
-    """Why fastavro refused a record, in terms of the field; None if the walker finds no fault."""
-    try:
-        _Walk(named, False).convert(record, schema, "")
-    except _Invalid as problem:
-        return problem
-    return None
-
-
 def _preparer(
     schema: Any, named: Mapping[str, Any], in_union: bool = False
 ) -> Callable[[Any], Any] | None:
@@ -714,7 +464,7 @@ def _preparer(
                 value = Decimal(value)
             if not isinstance(value, Decimal):
                 return value
-            value = _quantize(value, scale)
+            value = walker.quantize(value, scale)
             if len(value.as_tuple().digits) > precision:  # fastavro would write it regardless
                 raise ValueError("decimal exceeds the schema's precision")
             return value
@@ -743,7 +493,7 @@ def _preparer(
             return None
 
         def fix_array(value: Any) -> Any:
-            if isinstance(value, _NOT_ARRAYS) or value is None:
+            if isinstance(value, walker.NOT_ARRAYS) or value is None:
                 if in_union:
                     return value
                 raise TypeError("array value must be a sequence, not a string or mapping")
@@ -761,53 +511,4 @@ def _preparer(
             return value
 
         return fix_map
-    return None
-
-
-def _unresolvable_field(
-    writer: Any, reader: Any, wnamed: Mapping[str, Any], rnamed: Mapping[str, Any], path: str = ""
-) -> str | None:
-    """The first reader field a writer lacks that has no default, or None.
-
-    fastavro would fail on it only while reading, with a generic error; finding it when the
-    writer schema is first seen lets the dead letter say "missing_field" and name the field.
-    Other incompatibilities are left to fastavro and reported as schema_invalid.
-    """
-    writer = wnamed.get(writer, writer) if isinstance(writer, str) else writer
-    reader = rnamed.get(reader, reader) if isinstance(reader, str) else reader
-    if isinstance(reader, list):
-        writers = writer if isinstance(writer, list) else [writer]
-        for branch in reader:
-            rb = rnamed.get(branch, branch) if isinstance(branch, str) else branch
-            if not isinstance(rb, dict) or "name" not in rb:
-                continue
-            for candidate in writers:
-                wb = wnamed.get(candidate, candidate) if isinstance(candidate, str) else candidate
-                if isinstance(wb, dict) and wb.get("name") == rb["name"]:
-                    found = _unresolvable_field(wb, rb, wnamed, rnamed, path)
-                    if found:
-                        return found
-        return None
-    if not (isinstance(reader, dict) and isinstance(writer, dict)):
-        return None
-    kind = reader["type"]
-    if kind != writer.get("type"):
-        return None
-    if kind in ("array", "map"):
-        key = "items" if kind == "array" else "values"
-        return _unresolvable_field(writer[key], reader[key], wnamed, rnamed, f"{path}[]")
-    if kind != "record":
-        return None
-    by_name = {f["name"]: f for f in writer["fields"]}
-    for field in reader["fields"]:
-        child = f"{path}.{field['name']}" if path else field["name"]
-        names = [field["name"], *field.get("aliases", [])]
-        match = next((by_name[n] for n in names if n in by_name), None)
-        if match is None:
-            if "default" not in field:
-                return child
-            continue
-        found = _unresolvable_field(match["type"], field["type"], wnamed, rnamed, child)
-        if found:
-            return found
     return None

@@ -12,11 +12,14 @@ source with every field's read or write written out, and ``exec``s it.
     record, end = read(data, start)  # the record fastavro.schemaless_reader would give
 
 It covers what this repo's schemas use: records, enums, arrays, maps, unions of null and one
-type, the primitive types, ``timestamp-millis`` and ``decimal`` (bytes). A schema with anything
-else compiles to ``None`` and stays with fastavro. Neither function validates more than it must:
-a value it cannot write or bytes it cannot read raise, and the codec (``schemas.codec``) then asks
-fastavro, whose answer (a record, or the error that names the field) is the reference. Tests check
-both directions against fastavro, byte for byte and value for value.
+type, unions of records (and null) where each record has a field of its own (the scoring event's
+body: a dict's branch is the one whose own field it holds, one ``in`` where fastavro validates
+the dict against every branch), the primitive types, ``timestamp-millis`` and ``decimal``
+(bytes). A schema with anything else compiles to ``None`` and stays with fastavro. Neither
+function validates more than it must: a value it cannot write or bytes it cannot read raise, and
+the codec (``schemas.codec``) then asks fastavro, whose answer (a record, or the error that names
+the field) is the reference. Tests check both directions against fastavro, byte for byte and
+value for value.
 """
 
 from __future__ import annotations
@@ -210,11 +213,41 @@ def _resolve(t: Any, named: dict[str, Any]) -> Any:
     return t
 
 
-def _null_branch(union: list[Any]) -> int:
-    """Where "null" sits in a union of null and one other type (the only unions compiled)."""
-    if len(union) != 2 or "null" not in union:
+def _null_branch(union: list[Any]) -> int | None:
+    """Where "null" sits in a union of null and one other type; None for a union of records."""
+    if len(union) == 2 and "null" in union:
+        return union.index("null")
+    return None
+
+
+def _record_branches(union: list[Any], named: dict[str, Any]) -> list[tuple[int, Any, str]]:
+    """(index, record schema, key) for each record of a union of records (and at most one
+    "null"); ``key`` is a field no other branch has, which is how a dict says its branch.
+
+    fastavro writes a dict as the branch sharing most field names with it (the first on a tie)
+    among those it validates against. A dict holding its branch's key and only that branch's
+    fields (the compiled record writer refuses any other) shares all its names with that branch
+    and, the key being that branch's alone, fewer with every other: the same choice, found with
+    one ``in``. A dict without any branch's key is left to fastavro. Raises Unsupported for a
+    union with other members or a record with no field of its own.
+    """
+    schemas = [_resolve(b, named) for b in union]
+    if union.count("null") > 1 or not all(
+            b == "null" or (isinstance(b, dict) and b.get("type") == "record") for b in schemas):
         raise Unsupported(f"union {union}")
-    return union.index("null")
+    fields = [{f["name"]: f for f in b["fields"]} if b != "null" else {} for b in schemas]
+    out = []
+    for i, b in enumerate(schemas):
+        if b == "null":
+            continue
+        others = set().union(*(f for j, f in enumerate(fields) if j != i))
+        own = [f for name, f in fields[i].items() if name not in others]
+        if not own:
+            raise Unsupported(f"record {b.get('name')} has no field of its own in {union}")
+        # A required field if there is one, so a record written without its defaults is found.
+        required = [f for f in own if "default" not in f]
+        out.append((i, union[i], (required or own)[0]["name"]))
+    return out
 
 
 # -- writing -------------------------------------------------------------------------------------
@@ -229,6 +262,9 @@ def _write(src: _Source, t: Any, var: str, ind: int, named: dict[str, Any], ns: 
     t = _resolve(t, named)
     if isinstance(t, list):
         null_at = _null_branch(t)
+        if null_at is None:
+            _write_records(src, t, var, ind, named, ns)
+            return
         other = t[1 - null_at]
         src.emit(ind, f"if {var} is None:")
         src.emit(ind + 1, f"a({_long(null_at)!r})")
@@ -302,6 +338,25 @@ def _write(src: _Source, t: Any, var: str, ind: int, named: dict[str, Any], ns: 
         raise Unsupported(f"type {kind}")
 
 
+def _write_records(src: _Source, t: list[Any], var: str, ind: int, named: dict[str, Any],
+                   ns: str) -> None:
+    """A union of records: the branch is the one whose own field the dict holds
+    (``_record_branches``); ``None`` is the null branch, if any."""
+    if "null" in t:
+        src.emit(ind, f"if {var} is None:")
+        src.emit(ind + 1, f"a({_long(t.index('null'))!r})")
+        src.emit(ind, f"elif type({var}) is not dict:")
+    else:
+        src.emit(ind, f"if type({var}) is not dict:")
+    src.emit(ind + 1, "raise Unsupported('a dict expected')")
+    for index, branch, key in _record_branches(t, named):
+        src.emit(ind, f"elif {key!r} in {var}:")
+        src.emit(ind + 1, f"a({_long(index)!r})")
+        _write(src, branch, var, ind + 1, named, ns)
+    src.emit(ind, "else:")
+    src.emit(ind + 1, "raise Unsupported('no union branch named by a field')")
+
+
 # -- reading -------------------------------------------------------------------------------------
 
 def _read_long(src: _Source, target: str, ind: int) -> None:
@@ -326,8 +381,19 @@ def _read_sized(src: _Source, target: str, ind: int, convert: str) -> None:
 def _read(src: _Source, t: Any, target: str, ind: int, named: dict[str, Any], ns: str) -> None:
     """Statements that set ``target`` to the value of type ``t`` at ``p`` and advance ``p``."""
     t = _resolve(t, named)
+    if isinstance(t, list) and _null_branch(t) is None:  # a union of records
+        _record_branches(t, named)  # the writer's check, so both compile or neither does
+        branch = src.name("_u")
+        _read_long(src, branch, ind)
+        for index, member in enumerate(t):
+            src.emit(ind, f"{'if' if index == 0 else 'elif'} {branch} == {index}:")
+            _read(src, member, target, ind + 1, named, ns)
+        src.emit(ind, "else:")
+        src.emit(ind + 1, "raise Unsupported('bad union branch')")
+        return
     if isinstance(t, list):
         null_at = _null_branch(t)
+        assert null_at is not None
         branch = src.name("_u")
         _read_long(src, branch, ind)
         src.emit(ind, f"if {branch} == {null_at}:")

@@ -18,9 +18,9 @@ Per transaction the worker does what ``build_offline`` does: ``card_observe`` an
   terminal from growing without limit (counts then saturate).
 
 The handbook's 15 baseline features follow its own definitions exactly (``TARGETS.md`` section 1);
-``compare_with_reference`` checks them against the published reference columns and
-``python -m scoring.features`` prints that check for the whole data set. The extra features each
-earned their place on the Chapter 5 validation folds (``scoring.train.ablation``).
+``scoring.dataset`` builds them for the whole data set and checks them against the published
+reference columns. The extra features each earned their place on the Chapter 5 validation folds
+(``scoring.train.ablation``).
 """
 
 from __future__ import annotations
@@ -32,10 +32,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
-    from datetime import datetime
-    from pathlib import Path
-
     import pandas as pd
 
 SOURCES = ("handbook", "gateway")
@@ -593,176 +589,3 @@ def build_offline(raw: pd.DataFrame) -> pd.DataFrame:
     inverse = np.empty(n, dtype=np.int64)
     inverse[order] = np.arange(n)
     return pd.DataFrame(out.iloc[inverse].reset_index(drop=True))
-
-
-# -- offline: the handbook data set ------------------------------------------------------------
-# Read in place from streams.config.HANDBOOK_DIR (raw/ and transformed/ Parquet, one file per
-# month), never copied into the repository. pandas and pyarrow are imported only here, inside the
-# functions, so the worker that needs just the state functions above does not pay for them.
-
-# The handbook's own features in transformed/, computed by its authors over the whole history.
-REFERENCE_COLUMNS = tuple(f.name for f in FEATURES[:15])
-# Differences this small count as equal in the reference check (see compare_with_reference).
-ABS_FLOOR = 1e-12
-
-
-def _parquet_files(data_dir: Path, kind: str) -> list[Path]:
-    from pathlib import Path
-
-    files = sorted((Path(data_dir) / kind).glob("*.parquet"))
-    if not files:
-        raise FileNotFoundError(f"no {kind}/*.parquet under {data_dir}")
-    return files
-
-
-def load_handbook(data_dir: Path | None = None, kind: str = "raw", *,
-                  start: str | datetime | None = None, end: str | datetime | None = None,
-                  customers: Iterable[int] | None = None, terminals: Iterable[int] | None = None
-                  ) -> pd.DataFrame:
-    """Rows of ``kind`` ("raw" or "transformed") with start <= TX_DATETIME < end, in time order.
-
-    Filters are pushed down to Parquet, so a slice of a few customers or terminals costs little.
-    """
-    import pandas as pd
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    import pyarrow.dataset as ds
-
-    from streams.config import HANDBOOK_DIR
-
-    files = _parquet_files(HANDBOOK_DIR if data_dir is None else data_dir, kind)
-    dataset = ds.dataset([str(p) for p in files], format="parquet")
-    conditions = []
-    when = ds.field("TX_DATETIME")
-    if start is not None:
-        conditions.append(when >= pa.scalar(pd.Timestamp(start).to_datetime64(),
-                                            pa.timestamp("us")))
-    if end is not None:
-        conditions.append(when < pa.scalar(pd.Timestamp(end).to_datetime64(),
-                                           pa.timestamp("us")))
-    if customers is not None:
-        conditions.append(pc.is_in(ds.field("CUSTOMER_ID"),
-                                   pa.array(sorted(customers), pa.int32())))
-    if terminals is not None:
-        conditions.append(pc.is_in(ds.field("TERMINAL_ID"),
-                                   pa.array(sorted(terminals), pa.int32())))
-    condition = None
-    for c in conditions:
-        condition = c if condition is None else condition & c
-    frame = dataset.to_table(filter=condition).to_pandas()
-    return frame.sort_values(["TX_DATETIME", "TRANSACTION_ID"], kind="stable").reset_index(
-        drop=True)
-
-
-def inputs_hash(data_dir: Path | None = None) -> str:
-    """sha256 over the raw files' names and bytes and this module's code: the cache key."""
-    import hashlib
-    from pathlib import Path
-
-    from streams.config import HANDBOOK_DIR
-
-    digest = hashlib.sha256()
-    for path in _parquet_files(HANDBOOK_DIR if data_dir is None else data_dir, "raw"):
-        digest.update(path.name.encode())
-        digest.update(path.read_bytes())
-    digest.update(Path(__file__).read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def offline_features(data_dir: Path | None = None, cache_dir: Path | None = None, *,
-                     refresh: bool = False) -> pd.DataFrame:
-    """Every handbook transaction with every handbook feature, from the cache when it is fresh.
-
-    The whole history is built at once (about a minute) because the 30- and 37-day windows need
-    it; the result is cached under ``Settings().home / "features"``, keyed by ``inputs_hash``,
-    so a change to the data or to this module misses the cache and nothing stale is served.
-    """
-    import pandas as pd
-
-    from streams.config import Settings
-
-    cache = Settings.from_env().home / "features" if cache_dir is None else cache_dir
-    path = cache / f"handbook-{inputs_hash(data_dir)}.parquet"
-    if path.exists() and not refresh:
-        return pd.read_parquet(path)
-    frame = build_offline(load_handbook(data_dir, "raw"))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".partial")
-    frame.to_parquet(partial, index=False)
-    partial.replace(path)  # atomic: a reader never sees half a file
-    return frame
-
-
-def same_second_ties(frame: pd.DataFrame) -> pd.Series:
-    """Rows sharing their card and TX_DATETIME with another row.
-
-    Features are read when a transaction is observed, so of two transactions of one card in the
-    same second the first to arrive does not count the second (a stream cannot know the future);
-    the offline replay delivers ties in TRANSACTION_ID order. The reference computed its windows
-    with pandas' rolling over an unstable sort, which ordered 7 of the data's 22 such pairs
-    against TRANSACTION_ID: those 14 rows differ from it by exactly the tied transaction, and no
-    rule on the data reproduces that arbitrary order.
-    """
-    return frame.duplicated(["CUSTOMER_ID", "TX_DATETIME"], keep=False)
-
-
-def compare_with_reference(ours: pd.DataFrame, reference: pd.DataFrame,
-                           columns: Sequence[str] = REFERENCE_COLUMNS, *,
-                           exclude: pd.Series | None = None) -> dict[str, float]:
-    """Per reference column, the max relative error |ours - ref| / |ref| over matching rows.
-
-    Rows are matched on TRANSACTION_ID. Differences up to ``ABS_FLOOR`` count as 0: where a
-    card's window holds only zero amounts the reference carries pandas' rolling-sum residue
-    (e.g. -3.6e-15) instead of 0, a rounding artefact rather than a different value.
-    ``exclude`` (a boolean mask over ``ours``) leaves rows out, e.g. ``same_second_ties(ours)``.
-    """
-    import numpy as np
-
-    mine = ours if exclude is None else ours[~exclude.to_numpy()]
-    merged = mine[["TRANSACTION_ID", *columns]].merge(
-        reference[["TRANSACTION_ID", *columns]], on="TRANSACTION_ID", suffixes=("", "_ref"),
-        validate="one_to_one")
-    if len(merged) != len(mine):
-        raise ValueError(f"{len(mine) - len(merged)} of our rows have no reference row")
-    errors: dict[str, float] = {}
-    for column in columns:
-        a = merged[column].to_numpy(dtype=np.float64)
-        b = merged[f"{column}_ref"].to_numpy(dtype=np.float64)
-        diff = np.abs(a - b)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            rel = np.where(diff <= ABS_FLOOR, 0.0, diff / np.abs(b))
-        errors[column] = float(rel.max()) if len(rel) else 0.0
-    return errors
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m scoring.features``: build (or read) the offline features, time the build and
-    print the largest error against the handbook's reference columns."""
-    import argparse
-    import time
-    from pathlib import Path
-
-    from streams.config import HANDBOOK_DIR
-
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--data-dir", type=Path, default=HANDBOOK_DIR)
-    parser.add_argument("--refresh", action="store_true", help="rebuild even if cached")
-    args = parser.parse_args(argv)
-    started = time.perf_counter()
-    ours = offline_features(args.data_dir, refresh=args.refresh)
-    seconds = time.perf_counter() - started
-    print(f"{len(ours):,} transactions in {seconds:.1f} s "
-          f"({seconds / len(ours) * 1e6:.1f} us each{'' if args.refresh else ', maybe cached'})")
-    reference = load_handbook(args.data_dir, "transformed")
-    ties = same_second_ties(ours)
-    every = compare_with_reference(ours, reference)
-    untied = compare_with_reference(ours, reference, exclude=ties)
-    print(f"max relative error vs the reference ({int(ties.sum())} same-second card ties "
-          "excluded / all rows):")
-    for column in REFERENCE_COLUMNS:
-        print(f"  {column:<40}{untied[column]:>12.3g}{every[column]:>12.3g}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

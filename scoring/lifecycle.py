@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from scoring import features
+from scoring import dataset
 from scoring.registry import ModelRegistry
 from scoring.train import (
     DEFAULT_CHOICE,
@@ -35,11 +35,15 @@ def latest_window(frame: pd.DataFrame) -> tuple[date, date]:
     return end - timedelta(days=DELTA_TRAIN), end
 
 
-def train_and_register(data_dir: Path, registry: ModelRegistry, *, start: date | None = None,
-                       end: date | None = None, promote: bool | None = None,
+def train_and_register(data_dir: Path, cache_dir: Path, registry: ModelRegistry, *,
+                       start: date | None = None, end: date | None = None,
+                       promote: bool | None = None,
                        params: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Train, judge one fold earlier, register; promote when asked or when nothing serves yet."""
-    frame = features.offline_features(data_dir)
+    """Train, judge one fold earlier, register; promote when asked or when nothing serves yet.
+
+    The handbook data is read from ``data_dir``, its features cached under ``cache_dir``.
+    """
+    frame = dataset.offline_features(data_dir, cache_dir)
     if start is None or end is None:
         start, end = latest_window(frame)
     choice = {**DEFAULT_CHOICE, **(params or {})}

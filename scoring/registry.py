@@ -1,8 +1,7 @@
 """A file-based model registry: versions, champion and challenger, rollback.
 
 Files, not a service, because the worker only needs to read one model at start and an ML engineer
-must be able to see and diff what is deployed. Layout under the root (default
-``Settings().home / "models"``)::
+must be able to see and diff what is deployed. Layout under the root the caller names::
 
     1.0.0/model.txt       LightGBM model text (loads in milliseconds)
     1.0.0/meta.json       features in order, training window, data hash, metrics, params, the
@@ -31,7 +30,6 @@ import numpy as np
 import numpy.typing as npt
 
 from scoring.drift import SCORE, Baseline
-from streams.config import Settings
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -139,8 +137,8 @@ def _write_json(path: Path, payload: Mapping[str, Any]) -> None:
 class ModelRegistry:
     """Registered versions under one directory, and which of them serve."""
 
-    def __init__(self, root: Path | None = None) -> None:
-        self.root = Path(root) if root is not None else Settings.from_env().home / "models"
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
 
     # -- versions ------------------------------------------------------------------------------

@@ -17,8 +17,8 @@ moved back by delay + one week: validation weeks 2018-07-04..07-31), so for ``ch
 never inform a choice. Each metric is computed per test week and the weeks are averaged, as the
 handbook's prequential_grid_search does.
 
-``python -m scoring.train chapter5`` prints our numbers beside the published ones and the ceiling
-that the 7-day label delay leaves (``label_delay_ceiling``).
+``main`` (the command ``python -m streams.tools.judge chapter5``) prints our numbers beside the
+published ones and the ceiling that the 7-day label delay leaves (``label_delay_ceiling``).
 """
 
 from __future__ import annotations
@@ -39,9 +39,8 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from scoring import features
+from scoring import dataset, features
 from scoring.metrics import auc_roc, average_precision, card_precision_at_k
-from streams.config import HANDBOOK_DIR, Settings
 
 LABEL = "TX_FRAUD"
 TIME = "TX_DATETIME"
@@ -386,13 +385,13 @@ def score_protocol(features_df: pd.DataFrame, protocol: str, *,
     return report
 
 
-def evaluate_protocol(protocol: str, data_dir: Path = HANDBOOK_DIR, *,
+def evaluate_protocol(protocol: str, data_dir: Path, cache_dir: Path, *,
                       feature_cols: Sequence[str] | None = None,
                       params: Mapping[str, Any] | None = None,
-                      curves_dir: Path | None = None,
-                      cache_dir: Path | None = None) -> dict[str, Any]:
-    """``score_protocol`` on the features the offline builder computes from the handbook data."""
-    frame = features.offline_features(data_dir, cache_dir)
+                      curves_dir: Path | None = None) -> dict[str, Any]:
+    """``score_protocol`` on the features the offline builder computes from the handbook data
+    in ``data_dir`` (cached under ``cache_dir``)."""
+    frame = dataset.offline_features(data_dir, cache_dir)
     return score_protocol(frame, protocol, feature_cols=feature_cols, params=params,
                           curves_dir=curves_dir)
 
@@ -470,20 +469,23 @@ def format_report(report: Mapping[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, data_dir: Path, cache_dir: Path,
+         curves_dir: Path) -> int:
+    """The protocols as a command: ``data_dir`` and ``curves_dir`` are the defaults of
+    ``--data-dir`` and ``--curves-dir``, and the features are cached under ``cache_dir``."""
     parser = argparse.ArgumentParser(description="Train and judge on a handbook protocol.")
     parser.add_argument("protocol", choices=sorted(PROTOCOLS))
-    parser.add_argument("--data-dir", type=Path, default=HANDBOOK_DIR)
+    parser.add_argument("--data-dir", type=Path, default=data_dir)
     parser.add_argument("--baseline-only", action="store_true",
                         help="only the handbook's 15 baseline features")
     parser.add_argument("--no-search", action="store_true",
                         help="skip the validation search; use DEFAULT_CHOICE")
     parser.add_argument("--ablation", action="store_true",
                         help="also print the feature-group ablation on the validation folds")
-    parser.add_argument("--curves-dir", type=Path, default=Settings.from_env().home / "reports")
+    parser.add_argument("--curves-dir", type=Path, default=curves_dir)
     parser.add_argument("--json", type=Path, help="also write the report here")
     args = parser.parse_args(argv)
-    frame = features.offline_features(args.data_dir)
+    frame = dataset.offline_features(args.data_dir, cache_dir)
     report = score_protocol(frame, args.protocol,
                             feature_cols=BASELINE if args.baseline_only else None,
                             params=DEFAULT_CHOICE if args.no_search else None,
@@ -502,7 +504,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         args.json.write_text(json.dumps(report, indent=1, default=str))
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

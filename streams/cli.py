@@ -223,8 +223,9 @@ def main(argv: list[str] | None = None) -> int:
         from scoring.lifecycle import train_and_register
         from streams.worker.chain import registry_for
 
-        trained = train_and_register(args.data, registry_for(settings), start=args.start,
-                                     end=args.end, promote=args.promote or None)
+        trained = train_and_register(args.data, settings.features_cache,
+                                     registry_for(settings), start=args.start, end=args.end,
+                                     promote=args.promote or None)
         print(json.dumps(trained, indent=2, default=str))
         return 0
 

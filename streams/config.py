@@ -59,6 +59,11 @@ class Settings:
         return self.home / "routing-baseline.json"
 
     @property
+    def features_cache(self) -> Path:
+        """Where offline feature builds are cached (scoring.dataset keys them by content)."""
+        return self.home / "features"
+
+    @property
     def embedded(self) -> bool:
         return self.external_bootstrap is None
 

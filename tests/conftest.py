@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -21,6 +22,11 @@ from hypothesis import HealthCheck, settings
 from infra.kafka.launcher import EmbeddedBroker
 from streams.admin import free_port as admin_free_port
 from streams.config import Settings
+
+if TYPE_CHECKING:
+    import lightgbm as lgb
+
+    from agents.fraud.risk_scorer import BoosterScorer
 
 # The machine is shared and noisy: judge properties by their examples, not by how fast a loaded
 # core draws them.
@@ -83,3 +89,27 @@ def make_settings(kafka_bootstrap: str, tmp_path: Path) -> Callable[..., Setting
 @pytest.fixture
 def free_port() -> int:
     return admin_free_port()
+
+
+# The fraud agents' model (tests/fraud_helpers.py), trained once per test module that asks for it;
+# imported lazily, so tests without a model do not load LightGBM.
+
+@pytest.fixture(scope="module")
+def booster() -> lgb.Booster:
+    from tests.fraud_helpers import train
+
+    return train()
+
+
+@pytest.fixture(scope="module")
+def scorer(booster: lgb.Booster) -> BoosterScorer:
+    from agents.fraud.risk_scorer import BoosterScorer
+
+    return BoosterScorer(booster, "gbm-test-1")
+
+
+@pytest.fixture(scope="module")
+def pool() -> list[dict[str, float]]:
+    from tests.fraud_helpers import synthetic_pool
+
+    return synthetic_pool()

@@ -10,7 +10,6 @@ import math
 import random
 import statistics
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -18,6 +17,7 @@ import pytest
 from agents.routing import analyst as analyst_module
 from agents.routing.analyst import HYPOTHESIS_FIELDS, Analyst, AnalystConfig, bernoulli_kl, beta_cdf
 from agents.routing.outcomes import Outcome
+from schemas.clock import from_millis
 from schemas.codec import load_schema, make_codec
 
 T0 = 1_700_000_000_000
@@ -211,7 +211,7 @@ def test_recovery_resolves_with_the_same_id() -> None:
     resolved = published[1][1]
     assert resolved["evidence"]["observed_rate"] > 0.8
     assert resolved["since"] == published[0][1]["since"]
-    assert 60 <= (resolved["since"] - datetime.fromtimestamp(T0 / 1000, UTC)).total_seconds() < 62
+    assert 60 <= (resolved["since"] - from_millis(T0)).total_seconds() < 62
     assert analyst.open_hypotheses() == []
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from agents.cases import CaseBook, CaseError, CaseResult, priority_for
+from schemas.clock import from_millis
 from schemas.codec import make_codec
 
 T0 = datetime(2025, 3, 14, 9, 0, tzinfo=UTC)
@@ -348,7 +349,7 @@ def _scanned(store: dict[str, Any], now: datetime) -> tuple[int, timedelta | Non
     """The queue gauges computed the slow way: every case in the store."""
     opened = [e["opened_at"] for k, e in store.items()
               if k.startswith("case:") and e["case"]["status"] != "RESOLVED"]
-    age = now - datetime.fromtimestamp(min(opened) / 1000, UTC) if opened else None
+    age = now - from_millis(min(opened)) if opened else None
     return len(opened), age
 
 

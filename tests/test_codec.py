@@ -23,6 +23,7 @@ from confluent_kafka.schema_registry.error import SchemaRegistryError
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from schemas.clock import to_millis
 from schemas.codec import (
     SCHEMA_DIR,
     Codec,
@@ -40,10 +41,6 @@ REASONS = set(get_args(DecodeReason))
 T0 = datetime(2025, 3, 14, 9, 26, 53, 589000, tzinfo=UTC)
 TOPIC = "rakshit.transactions"
 SECRET = "Ravi Kumar 4111 1111 1111 1111"
-
-
-def _ms(dt: datetime) -> datetime:
-    return dt.replace(microsecond=dt.microsecond // 1000 * 1000)
 
 
 def transaction(**changes: Any) -> dict[str, Any]:
@@ -108,12 +105,8 @@ RECORDS: dict[str, Callable[[], dict[str, Any]]] = {
         "shadow": {"model_version": "1.1.0", "score": 0.31, "fallbacks": []},
     },
     "outcome_batch": lambda: {"items": [b"\xc3\x01opaque-outcome-1", b"\xc3\x01opaque-2"]},
-    "scoring_event": lambda: {
-        "kind": "TRANSACTION",
-        "transaction_id": "txn-000017",
-        "terminal_id": "term-0042",
-        "transaction_time": T0,
-        "payload": b"\xc3\x01opaque",
+    "scoring_event": lambda: {"body": {
+        "transaction": transaction(),
         "card_features": {"card_velocity_1h": 3.0},
         "card_vector": [1.0, -0.5, 1e300, 0.0],
         "card_amount_history": [{"t_ms": 1_500_000_000_000, "transaction_id": "txn-000016",
@@ -121,8 +114,7 @@ RECORDS: dict[str, Callable[[], dict[str, Any]]] = {
         "card_state_stale_s": None,
         "received_at_ms": 1.5e12,
         "source_timestamp_ms": 1.5e12,
-        "watermarks": {"transactions/0": 1_500_000_000_000, "labels/0": 2**63 - 1},
-    },
+    }},
     "label": lambda: {
         "transaction_id": "txn-000017",
         "card_token": "tok_9f2c1ab7",
@@ -654,7 +646,7 @@ def test_json_decodes_to_exactly_what_avro_gives(codec: Codec) -> None:
 
 
 def test_json_alternative_source_forms(codec: Codec) -> None:
-    millis = int(T0.timestamp() * 1000)
+    millis = to_millis(T0)
     shifted = (T0 + timedelta(hours=5, minutes=30)).replace(tzinfo=None).isoformat() + "+05:30"
     variants = [
         json_transaction(amount=1249.5, event_time=millis),
@@ -679,7 +671,7 @@ def test_json_fills_defaults_and_maps_unknown_enum_symbols_to_default(codec: Cod
 def test_json_nested_records_and_arrays(codec: Codec) -> None:
     verdict = RECORDS["verdict"]()
     value = {**verdict, "transaction_time": "2025-03-14T09:26:53.589Z"}
-    value["decided_at"] = int(verdict["decided_at"].timestamp() * 1000)
+    value["decided_at"] = to_millis(verdict["decided_at"])
     assert from_json(codec, value, expect="verdict") == verdict
     value["reasons"][1]["contribution"] = "big"
     with pytest.raises(DecodeError) as caught:

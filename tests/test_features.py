@@ -15,6 +15,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from schemas.clock import to_millis
+from scoring import dataset
 from scoring import features as F
 from streams.config import HANDBOOK_DIR
 
@@ -23,7 +25,7 @@ H = F.HOUR_MS
 
 
 def _ms(text: str) -> int:
-    return int(datetime.fromisoformat(text).replace(tzinfo=UTC).timestamp() * 1000)
+    return to_millis(datetime.fromisoformat(text).replace(tzinfo=UTC))
 
 
 def _handbook() -> Path:
@@ -39,7 +41,7 @@ def _handbook() -> Path:
 def test_feature_lists_are_fixed_and_label_free() -> None:
     handbook = F.feature_names("handbook")
     gateway = F.feature_names("gateway")
-    assert handbook[:15] == list(F.REFERENCE_COLUMNS)
+    assert handbook[:15] == list(dataset.REFERENCE_COLUMNS)
     assert handbook == F.feature_names("handbook")  # same order every call
     assert "cross_border_transaction_flag" in gateway
     assert "cross_border_transaction_flag" not in handbook  # the data has no country
@@ -253,18 +255,19 @@ def test_state_is_bounded_by_the_windows_and_the_caps() -> None:
 
 
 def _slice_parity(data_dir: Path, columns: list[str], **selection: Any) -> dict[str, float]:
-    raw = F.load_handbook(data_dir, "raw", start="2018-04-01", end="2018-05-20", **selection)
-    ours = F.build_offline(raw)
-    reference = F.load_handbook(data_dir, "transformed", start="2018-04-01", end="2018-05-20",
+    raw = dataset.load_handbook(data_dir, "raw", start="2018-04-01", end="2018-05-20",
                                 **selection)
+    ours = F.build_offline(raw)
+    reference = dataset.load_handbook(data_dir, "transformed", start="2018-04-01",
+                                      end="2018-05-20", **selection)
     assert len(ours) == len(reference) > 5000
-    return F.compare_with_reference(ours, reference, columns,
-                                    exclude=F.same_second_ties(ours))
+    return dataset.compare_with_reference(ours, reference, columns,
+                                          exclude=dataset.same_second_ties(ours))
 
 
 def test_card_and_transaction_features_match_the_reference_on_a_slice_of_cards() -> None:
     data_dir = _handbook()
-    card_columns = [c for c in F.REFERENCE_COLUMNS if not c.startswith("TERMINAL_ID")]
+    card_columns = [c for c in dataset.REFERENCE_COLUMNS if not c.startswith("TERMINAL_ID")]
     # every transaction of these cards over 7 weeks: their windows are complete and get pruned
     errors = _slice_parity(data_dir, card_columns, customers=range(0, 4989, 40))
     assert max(errors.values()) <= 1e-9, errors
@@ -272,7 +275,7 @@ def test_card_and_transaction_features_match_the_reference_on_a_slice_of_cards()
 
 def test_terminal_features_match_the_reference_on_a_slice_of_terminals() -> None:
     data_dir = _handbook()
-    terminal_columns = [c for c in F.REFERENCE_COLUMNS if c.startswith("TERMINAL_ID")]
+    terminal_columns = [c for c in dataset.REFERENCE_COLUMNS if c.startswith("TERMINAL_ID")]
     errors = _slice_parity(data_dir, terminal_columns, terminals=range(0, 10000, 60))
     assert max(errors.values()) <= 1e-9, errors
 
@@ -280,7 +283,7 @@ def test_terminal_features_match_the_reference_on_a_slice_of_terminals() -> None
 def test_compare_with_reference_reports_a_wrong_value() -> None:
     ours = pd.DataFrame({"TRANSACTION_ID": [1, 2], "X": [1.0, 2.0]})
     reference = pd.DataFrame({"TRANSACTION_ID": [2, 1], "X": [2.0, 1.5]})
-    assert F.compare_with_reference(ours, reference, ["X"]) == {"X": 0.5 / 1.5}
+    assert dataset.compare_with_reference(ours, reference, ["X"]) == {"X": 0.5 / 1.5}
 
 
 def test_offline_features_are_cached_by_input_hash(tmp_path: Path,
@@ -288,16 +291,16 @@ def test_offline_features_are_cached_by_input_hash(tmp_path: Path,
     data_dir = _handbook()
     small = tmp_path / "data"
     (small / "raw").mkdir(parents=True)
-    F.load_handbook(data_dir, "raw", start="2018-04-01", end="2018-04-03").to_parquet(
+    dataset.load_handbook(data_dir, "raw", start="2018-04-01", end="2018-04-03").to_parquet(
         small / "raw" / "part.parquet")
-    built = F.offline_features(small, tmp_path / "cache")
+    built = dataset.offline_features(small, tmp_path / "cache")
     assert len(list((tmp_path / "cache").glob("*.parquet"))) == 1
 
     def no_rebuild(raw: pd.DataFrame) -> pd.DataFrame:
         raise AssertionError("a fresh cache must not be rebuilt")
 
     monkeypatch.setattr(F, "build_offline", no_rebuild)
-    pd.testing.assert_frame_equal(F.offline_features(small, tmp_path / "cache"), built)
+    pd.testing.assert_frame_equal(dataset.offline_features(small, tmp_path / "cache"), built)
 
 
 def test_card_decline_rate_counts_only_the_issuers_answers_in_the_week_before() -> None:

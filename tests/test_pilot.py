@@ -5,18 +5,17 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Iterator, Mapping, MutableMapping
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
 from agents.routing.outcomes import Outcome
 from agents.routing.pilot import Action, Pilot, PilotConfig, prob_probe_better
+from schemas.clock import from_millis
 from schemas.codec import make_codec
 
 BASELINE = {"I": {"A": 0.85, "B": 0.15, "C": 0.0}, "J": {"A": 1.0, "B": 0.0, "C": 0.0},
             "K": {"A": 0.5, "B": 0.5, "C": 0.0}, "M": {"A": 0.6, "B": 0.2, "C": 0.2}}
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 CODEC = make_codec(None)
 
 
@@ -52,8 +51,8 @@ def hyp(hid: str = "h1", *, route: str = "A", issuer: str = "I", scope: str = "R
         "hypothesis_id": hid, "status": status, "route": route, "issuer_id": issuer,
         "scope": scope, "suspected_cause": "ROUTE_DEGRADED", "confidence": confidence,
         "confidence_meaning": "posterior probability",
-        "since": _EPOCH + timedelta(milliseconds=at_ms),
-        "created_at": _EPOCH + timedelta(milliseconds=at_ms),
+        "since": from_millis(at_ms),
+        "created_at": from_millis(at_ms),
         "evidence": {"attempts": 30, "successes": 15, "baseline_rate": 0.92, "observed_rate": 0.5,
                      "statistic": 5.0, "threshold": 4.0, "p95_latency_ms": None},
     }

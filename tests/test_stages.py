@@ -1,21 +1,34 @@
 """The worker's two stages without a broker: same features as the offline builder, verdicts that
-carry them, labels that reach terminal risk and the online learner only once known."""
+carry them, labels that reach terminal risk and the online learner only once known, and the hop
+between them in one shape (a scoring event decoded once, v1 events still read)."""
 
 from __future__ import annotations
 
+import io
+import json
 import random
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
+import fastavro
 import pytest
 
 from agents.fraud.pipeline import DecisionPipeline
-from schemas.codec import make_codec
+from schemas.clock import to_millis, whole_millis
+from schemas.codec import HISTORY_DIR, SCHEMA_DIR, Codec, ConfluentCodec, Decoded, make_codec
 from scoring import features as F
 from scoring.online import make_online
 from scoring.rules import RuleEngine
 from streams.worker.admission import Source
-from streams.worker.stages import CardStage, TerminalStage
+from streams.worker.stages import (
+    CardStage,
+    TerminalStage,
+    is_hand_over,
+    is_watermark,
+    watermark_event,
+)
 from tests.factories import transaction
 
 T0 = datetime(2018, 6, 1, tzinfo=UTC)
@@ -35,7 +48,7 @@ def _traffic(n: int, seed: int = 1) -> list[dict[str, Any]]:
     for i in range(n):
         when += timedelta(minutes=rng.uniform(1, 90))
         txs.append(transaction(i, card=f"tok_{rng.randrange(12):02d}",
-                               amount=f"{rng.uniform(5, 400):.2f}", when=when,
+                               amount=f"{rng.uniform(5, 400):.2f}", when=whole_millis(when),
                                terminal_id=f"term-{rng.randrange(6)}"))
     return txs
 
@@ -58,17 +71,19 @@ def _run(card_stage: CardStage, terminal_stage: TerminalStage, txs: list[dict[st
                      "known_at": known_at, "source": "SIMULATOR"}
             out = card_stage.forward_label(label)
             assert out is not None
-            event = terminal_stage.decode(out.value)
-            term = event["terminal_id"]
-            terminals[term] = terminal_stage.observe_label(terminals.get(term), event)
+            body = terminal_stage.decode(out.value)
+            assert body == label
+            term = body["terminal_id"]
+            terminals[term] = terminal_stage.observe_label(terminals.get(term), body)
         stored = cards.get(tx["card_token"], {})
         state, amounts, row = card_stage.features(stored.get("features"), tx,
                                                   stored.get("amounts", []))
         cards[tx["card_token"]] = {"features": state, "amounts": amounts}
         hand = card_stage.hand_over(tx, row, amounts, Source("t", 0, 0, None), 0.0)
-        event = terminal_stage.decode(hand.value)
-        term = event["terminal_id"]
-        terminals[term], out = terminal_stage.decide(terminals.get(term), event, 0.0)
+        body = terminal_stage.decode(hand.value)
+        assert is_hand_over(body) and body["transaction"] == tx
+        term = body["transaction"]["terminal_id"]
+        terminals[term], out = terminal_stage.decide(terminals.get(term), body, 0.0)
         verdict = terminal_stage.codec.decode(out.value, topic=out.topic,
                                               expect="verdict").record
         _check_notification(terminal_stage, verdict, out)
@@ -98,10 +113,10 @@ def _offline(txs: list[dict[str, Any]], fraud_ids: set[str]) -> list[dict[str, f
     pending = sorted((tx["event_time"] + timedelta(days=7), tx) for tx in txs)
     rows = []
     for tx in txs:
-        t = int(tx["event_time"].timestamp() * 1000)
+        t = to_millis(tx["event_time"])
         while pending and pending[0][0] <= tx["event_time"]:
             _, labelled = pending.pop(0)
-            lt = int(labelled["event_time"].timestamp() * 1000)
+            lt = to_millis(labelled["event_time"])
             terminals[labelled["terminal_id"]] = F.terminal_observe_label(
                 terminals.get(labelled["terminal_id"]), labelled["transaction_id"], lt,
                 labelled["transaction_id"] in fraud_ids)
@@ -147,7 +162,7 @@ def test_labels_teach_the_online_learner_only_once_known(
     card_stage, terminal_stage = stages
     txs = _traffic(300)
     _run(card_stage, terminal_stage, txs, {tx["transaction_id"] for tx in txs[::7]})
-    last = int(txs[-1]["event_time"].timestamp() * 1000)
+    last = to_millis(txs[-1]["event_time"])
     assert terminal_stage.labels_learned > 0
     # Nothing learned ahead of its time: every label still pending is known after the watermark.
     assert all(known > terminal_stage.watermark_ms for known, _, _ in terminal_stage.pending)
@@ -165,8 +180,8 @@ def test_a_shadow_model_is_logged_beside_the_verdict_and_never_decides() -> None
     import lightgbm as lgb
     import numpy as np
 
-    from agents.fraud.pipeline import BoosterScorer
     from agents.fraud.planner import ExperimentSplit, Planner
+    from agents.fraud.risk_scorer import BoosterScorer
 
     names = F.feature_names("gateway")
     rng = np.random.default_rng(0)
@@ -183,3 +198,117 @@ def test_a_shadow_model_is_logged_beside_the_verdict_and_never_decides() -> None
         assert v["shadow"]["model_version"] == "9.9.9"
         assert 0.0 <= v["shadow"]["score"] <= 1.0
         assert v["model_version"] == "rules-only-v0"  # the shadow never decides
+
+
+# --- the hop: one shape, decoded once -----------------------------------------------------------
+
+
+class CountingCodec:
+    """The codec, counting decodes by expected schema."""
+
+    def __init__(self, codec: Codec) -> None:
+        self.codec = codec
+        self.decodes: dict[str | None, int] = {}
+
+    def encode(self, schema: str, record: Mapping[str, Any], *, topic: str) -> bytes:
+        return self.codec.encode(schema, record, topic=topic)
+
+    def decode(self, data: bytes, *, topic: str, expect: str | None = None) -> Decoded:
+        self.decodes[expect] = self.decodes.get(expect, 0) + 1
+        return self.codec.decode(data, topic=topic, expect=expect)
+
+
+def test_a_hand_over_is_decoded_once_and_amounts_cross_in_the_guardrails_form() -> None:
+    codec = CountingCodec(make_codec(None))
+    card_stage = CardStage(codec)
+    terminal_stage = TerminalStage(codec, DecisionPipeline(RuleEngine.from_file(), None))
+    amounts: Any = []
+    when = T0
+    for i in range(3):  # near the EUR reporting threshold: the structuring check keeps them
+        when += timedelta(minutes=10)
+        tx = transaction(i, card="tok_s", amount="9700.00", when=when)
+        _, amounts, row = card_stage.features(None, tx, amounts)
+        hand = card_stage.hand_over(tx, row, amounts, Source("t", 0, 0, None), 0.0)
+    assert amounts == [(to_millis(t), f"tx-{i:08d}", 9700.0, "EUR") for i, t in
+                       enumerate(T0 + timedelta(minutes=10 * (k + 1)) for k in range(3))]
+    body = terminal_stage.decode(hand.value)
+    _, ready = terminal_stage.prepare(None, body, 0.0)
+    assert ready.tx == tx and ready.tx["amount"] == Decimal("9700.00")
+    assert ready.context.amount_history == amounts  # the tuples the card stage kept
+    assert codec.decodes == {"scoring_event": 1}  # no second decode of a nested payload
+    (out,) = terminal_stage.decide_all([ready])
+    verdict = codec.decode(out.value, topic=out.topic, expect="verdict").record
+    assert verdict["decision"] == "REVIEW"  # the third near-threshold amount in a day
+    assert any(g["name"] == "aml_structuring" and not g["passed"] for g in verdict["guardrails"])
+
+
+def test_the_body_is_a_hand_over_a_label_or_a_watermark(
+        stages: tuple[CardStage, TerminalStage]) -> None:
+    card_stage, terminal_stage = stages
+    marks = {"transactions/0": 2**63 - 1, "labels/1": 5}
+    value = card_stage.codec.encode("scoring_event", watermark_event(marks), topic="s")
+    body = terminal_stage.decode(value)
+    assert is_watermark(body) and not is_hand_over(body) and body["watermarks"] == marks
+    label = {"transaction_id": "t", "card_token": "tok_1", "terminal_id": "q",
+             "label": "FRAUD", "fraud_scenario": None, "transaction_time": T0,
+             "known_at": T0 + timedelta(days=8), "source": "ISSUER"}
+    out = card_stage.forward_label(label)
+    assert out is not None and out.key == b"q"
+    body = terminal_stage.decode(out.value)
+    assert body == label and not is_watermark(body) and not is_hand_over(body)
+
+
+def test_the_nested_transaction_and_label_are_the_repo_schemas() -> None:
+    """The scoring event copies Transaction and Label (the codec reads one file per schema):
+    a change to either file must be made to the copy too."""
+    event = json.loads((SCHEMA_DIR / "scoring_event.avsc").read_text())
+    hand_over, label, watermark = event["fields"][0]["type"]
+    nested = {f["name"]: f["type"] for f in hand_over["fields"]}["transaction"]
+    assert nested == json.loads((SCHEMA_DIR / "transaction.avsc").read_text())
+    assert label == json.loads((SCHEMA_DIR / "label.avsc").read_text())
+    assert [f["name"] for f in watermark["fields"]] == ["watermarks"]
+
+
+def _v1(kind: str, payload: bytes, codec: Codec, registry: bool) -> bytes:
+    """A scoring event as a v1.2 worker wrote it, in either framing."""
+    schema = json.loads((HISTORY_DIR / "scoring_event.v1.2.avsc").read_text())
+    event = {"kind": kind, "transaction_id": "t", "terminal_id": "q", "transaction_time": T0,
+             "payload": payload, "card_features": {}, "card_vector": [0.5] * len(F.CARD_FEATURES),
+             "card_amount_history": [{"t_ms": 1, "transaction_id": "a", "amount": 9.9e3,
+                                      "currency": "EUR"}],
+             "card_state_stale_s": None, "received_at_ms": 1.5e12, "source_timestamp_ms": None,
+             "watermarks": {"labels/0": 7} if kind == "WATERMARK" else {}}
+    body = io.BytesIO()
+    fastavro.schemaless_writer(body, fastavro.parse_schema(schema), event)
+    if registry:
+        assert isinstance(codec, ConfluentCodec)
+        from confluent_kafka.schema_registry import Schema
+
+        schema_id = codec.client.register_schema("v1-value", Schema(json.dumps(schema), "AVRO"))
+        return b"\x00" + schema_id.to_bytes(4, "big") + body.getvalue()
+    canonical = fastavro.schema.to_parsing_canonical_form(fastavro.parse_schema(schema))
+    fingerprint = bytes.fromhex(fastavro.schema.fingerprint(canonical, "CRC-64-AVRO"))
+    return b"\xc3\x01" + fingerprint + body.getvalue()
+
+
+@pytest.mark.parametrize("registry", [False, True])
+def test_hand_overs_a_v1_worker_left_in_the_topic_are_still_decided(registry: bool) -> None:
+    """v2.0 moved v1's fields into the body's records, which Avro's resolution cannot follow;
+    the terminal stage reads v1 events with their own schema and gives the v2.0 body."""
+    codec = make_codec("mock://v1-hand-overs" if registry else None)
+    stage = TerminalStage(codec, DecisionPipeline(RuleEngine.from_file(), None))
+    tx = transaction(1, when=T0)
+    body = stage.decode(_v1("TRANSACTION", codec.encode("transaction", tx, topic="t"),
+                            codec, registry))
+    assert is_hand_over(body) and body["transaction"] == tx
+    assert body["card_vector"] == [0.5] * len(F.CARD_FEATURES)
+    assert body["received_at_ms"] == 1.5e12 and body["card_state_stale_s"] is None
+    _, ready = stage.prepare(None, body, 0.0)
+    assert ready.context.amount_history == [(1, "a", 9.9e3, "EUR")]
+    assert stage.decide_all([ready])[0].key == tx["transaction_id"].encode()
+    label = {"transaction_id": "t", "card_token": "tok_1", "terminal_id": "q",
+             "label": "GENUINE", "fraud_scenario": None, "transaction_time": T0,
+             "known_at": T0, "source": "ISSUER"}
+    assert stage.decode(_v1("LABEL", codec.encode("label", label, topic="t"),
+                            codec, registry)) == label
+    assert stage.decode(_v1("WATERMARK", b"", codec, registry)) == {"watermarks": {"labels/0": 7}}

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from scoring import dataset
 from scoring import features as F
 from scoring import registry as R
 from scoring import train as T
@@ -113,8 +114,8 @@ def _real_slice() -> pd.DataFrame:
     if not any((HANDBOOK_DIR / "raw").glob("*.parquet")):
         pytest.skip(f"handbook data not found at {HANDBOOK_DIR} (set RAKSHIT_HANDBOOK_DIR): "
                     "training on a real slice needs its raw/ Parquet")
-    raw = F.load_handbook(HANDBOOK_DIR, start="2018-04-01", end="2018-04-22",
-                          customers=range(0, 4989, 8))
+    raw = dataset.load_handbook(HANDBOOK_DIR, start="2018-04-01", end="2018-04-22",
+                                customers=range(0, 4989, 8))
     return F.build_offline(raw)
 
 

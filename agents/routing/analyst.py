@@ -9,18 +9,19 @@ Detection (per (route, issuer) cell, in event time)
     bank of Bernoulli CUSUMs, one per design drop: success falling from the cell's baseline p0 to
     p1 = p0 * d / 0.92 for d in ``design_success`` (0.80, 0.70, 0.50 at the reference p0 = 0.92).
     A CUSUM tuned to p1 is minimax-optimal for that drop (Moustakides 1986); the bank keeps the
-    delay near ln(ARL) / KL(p1 || p0) for each of them (TARGETS.md section 2). Two more Bernoulli
-    CUSUMs watch the share of soft declines (cause SOFT_DECLINE_SURGE) and the share of attempts
-    slower than the baseline p95 latency (cause LATENCY_SPIKE).
+    delay near ln(ARL) / KL(p1 || p0) for each of them (the limit `rakshit bench healing` checks,
+    README "Self-healing routing"). Two more Bernoulli CUSUMs watch the share of soft declines
+    (cause SOFT_DECLINE_SURGE) and the share of attempts slower than the baseline p95 latency
+    (cause LATENCY_SPIKE).
 
 Thresholds
     Each CUSUM uses its exact log-likelihood ratio, for which Lorden (1971) gives E0[T] >= e**h in
     attempts. So h = ln(N) with N = rate * 30 days / ``false_alarms_per_cell_month`` (the ARL in
     attempts) times the number of detectors in a cell times ``cells`` (K): the union bound splits
     the budget across the bank and, when K > 1, holds all K cells together to the per-cell rate,
-    adding ln K as TARGETS.md describes. The bound is conservative (the true ARL is larger by the
-    reflection and overshoot factors Siegmund's correction would credit); we keep it because it
-    needs no per-cell numerical calibration and its guarantee does not depend on p0.
+    adding ln K. The bound is conservative (the true ARL is larger by the reflection and overshoot
+    factors Siegmund's correction would credit); we keep it because it needs no per-cell numerical
+    calibration and its guarantee does not depend on p0.
     The attempt rate is estimated per cell from event time (attempts per 10 s block, smoothed,
     the larger of the smoothed and the latest block, because overestimating it only raises h),
     unless ``attempt_rate_per_s`` fixes it in the config. Before a cell's first block closes,
@@ -55,11 +56,11 @@ import hashlib
 import math
 from collections.abc import MutableMapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from agents.routing import route_health
 from agents.routing.outcomes import ROUTE_FAILURES, Outcome, cell_key, split_cell
+from schemas.clock import from_millis
 
 __all__ = ["HYPOTHESIS_FIELDS", "Analyst", "AnalystConfig", "bernoulli_kl", "beta_cdf"]
 
@@ -103,9 +104,9 @@ class AnalystConfig:
     baseline_margin_sd: float = 1.0
     reference_success: float = 0.92
     design_success: tuple[float, ...] = (0.80, 0.70, 0.50)
-    # Lorden's bound undershoots each design's true ARL by this factor
-    # (`python -m agents.routing.calibration` measured 27, 12-13 and 6-8 at p0 = 0.92):
-    # h = ln(N / A).
+    # Lorden's bound undershoots each design's true ARL by at least this factor, rounded down from
+    # what `python -m agents.routing.calibration` simulates at p0 = 0.92 (tests/test_calibration.py
+    # checks it; README "Self-healing routing"): h = ln(N / A).
     arl_factors: tuple[float, ...] = (25.0, 11.0, 5.0)
     soft_shift: float = 0.10  # design surge: soft-decline share up by this much
     latency_quantile: float = 0.95
@@ -175,10 +176,6 @@ def beta_cdf(x: float, a: float, b: float) -> float:
 def _p_above(hits: float, n: float, level: float) -> float:
     """P(rate > level) under the Jeffreys posterior Beta(hits + 1/2, n - hits + 1/2)."""
     return 1.0 - beta_cdf(level, hits + 0.5, n - hits + 0.5)
-
-
-def _utc(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
 # -- per-cell state ---------------------------------------------------------------------------
@@ -645,6 +642,7 @@ class Analyst:
             "hypothesis_id": hyp.hid, "status": status, "route": hyp.route,
             "issuer_id": hyp.issuer_id, "scope": hyp.scope, "suspected_cause": suspected,
             "confidence": float(min(1.0, max(0.0, confidence))), "confidence_meaning": meaning,
-            "evidence": dict(evidence), "since": _utc(hyp.since_ms), "created_at": _utc(ms),
+            "evidence": dict(evidence), "since": from_millis(hyp.since_ms),
+            "created_at": from_millis(ms),
         }
         return dict(hyp.record)

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
+
+from schemas.clock import millis_of
 
 DELIVERED = frozenset({"APPROVED", "ISSUER_DECLINE"})
 ROUTE_FAILURES = frozenset({"SOFT_DECLINE", "ERROR", "TIMEOUT"})
@@ -55,7 +56,5 @@ class Outcome:
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> Outcome:
         """From a decoded authorization_outcome record (event_time a datetime or epoch ms)."""
-        when = record["event_time"]
-        event_ms = int(when.timestamp() * 1000) if isinstance(when, datetime) else int(when)
         return cls(str(record["route"]), str(record["issuer_id"]), str(record["result"]),
-                   float(record["latency_ms"]), event_ms)
+                   float(record["latency_ms"]), millis_of(record["event_time"]))

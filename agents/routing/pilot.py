@@ -14,9 +14,9 @@ outcomes. At or above ``1 - alpha`` the probe is better and may expand by at mos
 ``max_step_shift``; at or below ``beta`` it is worse and is rolled back at once. ``alpha`` is the
 posterior risk accepted when expanding onto a probe that is not better, ``beta`` the risk when
 rolling back one that is. These are posterior error probabilities at the moment of stopping, not
-frequentist rates: repeated looks inflate them. Measured in an A/A test (both arms equal, 5
-outcomes/s, looks for 600 s) the probe was wrongly expanded in about 7% of runs, not 1%; the test
-suite bounds it at 10%. Each later step is gated again, and harm still rolls it back.
+frequentist rates: repeated looks inflate them. In an A/A test (both arms equal) the probe is
+wrongly expanded several times more often than ``alpha``; tests/test_pilot.py bounds how often.
+Each later step is gated again, and harm still rolls it back.
 
 Only moves *away* from the baseline policy are bounded per step: a rollback or restore goes back to
 the static configuration in one step, because that configuration is the known-good state and a
@@ -32,15 +32,14 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from agents.routing.outcomes import Outcome, cell_key
+from schemas.clock import from_millis, millis_of
 
 __all__ = ["Action", "Pilot", "PilotConfig", "prob_probe_better"]
 
 ANY = "*"
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _EPS = 1e-9
 _LIVE = ("OPEN", "UPDATED")
 _SCOPES = ("ROUTE_ISSUER", "ISSUER_WIDE", "ROUTE_WIDE")
@@ -184,16 +183,6 @@ def _wilson_upper(successes: float, n: float, z: float) -> float:
     return (centre + margin) / (1 + z * z / n)
 
 
-def _utc(ms: int) -> datetime:
-    return _EPOCH + timedelta(milliseconds=ms)
-
-
-def _ms(value: Any) -> int:
-    if isinstance(value, datetime):
-        return (value - _EPOCH) // timedelta(milliseconds=1)
-    return int(value)
-
-
 def _parse(h: Mapping[str, Any]) -> _Hyp:
     """A hypothesis with numbers checked; a non-finite confidence reads as 0 (earns no move)."""
     evidence = h.get("evidence") or {}
@@ -205,7 +194,7 @@ def _parse(h: Mapping[str, Any]) -> _Hyp:
         issuer=str(h.get("issuer_id", ANY)),
         confidence=conf if math.isfinite(conf) else 0.0,
         baseline_rate=min(1.0, max(0.0, rate)) if math.isfinite(rate) else 0.9,
-        since_ms=_ms(h["since"]) if h.get("since") is not None else 0,
+        since_ms=millis_of(h["since"]) if h.get("since") is not None else 0,
     )
     # One spelling per scope, so open hypotheses can be found by key and never by scanning.
     if hyp.scope == "ISSUER_WIDE":
@@ -386,7 +375,7 @@ class Pilot:
         until = self._store.get(f"cooldown:{cell_key(route, issuer)}", 0)
         if now < until:
             why = (f"{route}/{issuer} is cooling down after its last experiment until "
-                   f"{_utc(until).isoformat()}")
+                   f"{from_millis(until).isoformat()}")
             return self._refuse(hyp, issuer, "", "cooldown", why, now)
         if any(e["issuer"] == issuer for e in running):
             why = f"{issuer} already has an experiment running; one per issuer at a time"
@@ -671,7 +660,7 @@ class Pilot:
         record = {
             "issuer_id": issuer, "version": version,
             "weights": [{"route": r, "weight": w} for r, w in sorted(weights.items())],
-            "reason": reason, "experiment_id": exp_id, "updated_at": _utc(now),
+            "reason": reason, "experiment_id": exp_id, "updated_at": from_millis(now),
         }
         return Action("policy", issuer, record)
 
@@ -688,7 +677,7 @@ class Pilot:
             "experiment_id": exp_id, "hypothesis_id": hyp_id, "step": step, "issuer_id": issuer,
             "from_route": from_route, "to_route": to_route, "share": float(share),
             "guardrail": rule, "arms": list(arms), "statistic": statistic, "reason": reason,
-            "at": _utc(now),
+            "at": from_millis(now),
         }
 
     def _weights(self, issuer: str, from_route: str, to_route: str,

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 from confluent_kafka import Consumer, TopicPartition
 
 from schemas.codec import make_codec
+from scoring import dataset
 from scoring import features as F
 from scoring.train import DELTA_DELAY, DELTA_TEST, DELTA_TRAIN, PROTOCOLS, score_protocol
 from streams.admin import delete_run_topics, end_offsets, ensure_topics, free_port
@@ -177,7 +178,8 @@ def evaluate(settings: Settings, data_dir: Path, protocol: str,
     for name in names:
         streamed[name] = [r[name] for r in rows]
 
-    offline_all = F.offline_features(data_dir).set_index("TRANSACTION_ID")
+    offline_all = dataset.offline_features(data_dir, settings.features_cache).set_index(
+        "TRANSACTION_ID")
     offline = offline_all.loc[raw["TRANSACTION_ID"]].reset_index()
     gaps = parity(streamed, offline, names)
     report = score_protocol(streamed, protocol, curves_dir=curves_dir)

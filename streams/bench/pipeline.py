@@ -30,6 +30,7 @@ from typing import Any
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from schemas.clock import to_millis
 from schemas.codec import make_codec
 from streams.admin import delete_run_topics, ensure_topics, free_port
 from streams.config import Settings
@@ -266,7 +267,9 @@ def bench_scoring(settings: Settings, rows: int = 2_000, seed: int = 3) -> dict[
 
     import numpy as np
 
-    from agents.fraud.pipeline import BoosterScorer, DecisionContext, DecisionPipeline
+    from agents.fraud.pipeline import DecisionContext, DecisionPipeline
+    from agents.fraud.risk_scorer import BoosterScorer
+    from scoring import dataset
     from scoring import features as F
     from scoring.explain import measure_cost
     from scoring.rules import RuleEngine
@@ -277,7 +280,7 @@ def bench_scoring(settings: Settings, rows: int = 2_000, seed: int = 3) -> dict[
     champion = registry_for(settings).champion()
     if champion is None:
         raise SystemExit("no champion model: run `rakshit train` first")
-    frame = F.offline_features(HANDBOOK_DIR)
+    frame = dataset.offline_features(HANDBOOK_DIR, settings.features_cache)
     sample = frame.sample(n=rows, random_state=seed)
     names = champion.feature_names
     result: dict[str, Any] = {"model": champion.version, "rows": rows,
@@ -292,7 +295,7 @@ def bench_scoring(settings: Settings, rows: int = 2_000, seed: int = 3) -> dict[
             moment = record["TX_DATETIME"].to_pydatetime().replace(tzinfo=UTC)
             tx = _transaction(record, moment)
             feats = {n: float(record[n]) for n in F.feature_names("handbook")}
-            t_ms = int(moment.timestamp() * 1000)
+            t_ms = to_millis(moment)
             started = time.perf_counter()
             parts = pipeline.decide(tx, feats, DecisionContext(now_ms=t_ms))
             latencies.append((time.perf_counter() - started) * 1e6)

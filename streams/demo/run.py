@@ -185,7 +185,7 @@ def ensure_champion(settings: Settings) -> None:
         return
     print("model: none registered; training one from the handbook data (once, about two "
           "minutes)...", flush=True)
-    trained = train_and_register(HANDBOOK_DIR, registry)
+    trained = train_and_register(HANDBOOK_DIR, settings.features_cache, registry)
     print(f"model: champion {trained['version']}, out-of-time "
           f"{trained['metrics']['out_of_time']}", flush=True)
 

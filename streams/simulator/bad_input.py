@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from schemas.clock import to_millis
 from schemas.codec import Codec
 
 
@@ -25,7 +26,7 @@ def as_json(tx: Mapping[str, Any]) -> dict[str, Any]:
         if isinstance(v, Decimal):
             out[k] = str(v)
         elif isinstance(v, datetime):
-            out[k] = int(v.timestamp() * 1000)
+            out[k] = to_millis(v)
         else:
             out[k] = v
     return out

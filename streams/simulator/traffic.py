@@ -23,6 +23,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+from schemas.clock import whole_millis
 from streams.simulator.population import (
     COUNTRIES,
     COUNTRY_BY_CODE,
@@ -55,13 +56,9 @@ _CARD_TESTING_DECLINE = 0.35
 _FAR_KM = 2500.0
 
 
-def to_millis(moment: datetime) -> datetime:
-    """Drop sub-millisecond precision, which timestamp-millis cannot carry anyway."""
-    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
-
-
 def from_posix(ts: float) -> datetime:
-    return to_millis(datetime.fromtimestamp(ts, UTC))
+    """The UTC datetime of POSIX seconds, in whole milliseconds as timestamp-millis carries it."""
+    return whole_millis(datetime.fromtimestamp(ts, UTC))
 
 
 class EventClock:
@@ -432,7 +429,7 @@ class TrafficGenerator:
     def _schedule_label(self, transaction: dict[str, Any], fraud: str) -> None:
         tx_time: datetime = transaction["event_time"]
         delay = timedelta(days=self._labels.uniform(*self.label_delay_days))
-        known_at = to_millis(tx_time + delay)
+        known_at = whole_millis(tx_time + delay)
         label = {
             "transaction_id": transaction["transaction_id"],
             "card_token": transaction["card_token"],

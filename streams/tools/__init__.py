@@ -1,1 +1,3 @@
-"""Commands an operator runs by hand beside the worker: ``tail`` (decoded records of any topic)."""
+"""Commands a person runs by hand beside the product: ``tail`` (decoded records of any topic),
+``offline_evaluate`` (a handbook protocol trained and scored offline) and ``reference_check``
+(the offline features against the handbook's own)."""

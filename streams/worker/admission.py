@@ -1,9 +1,9 @@
 """What the worker does with one record, with no Kafka or Faust in sight.
 
 Admission is the first step for every input record: size check, decode, redact card numbers,
-validate; a record that fails any of them becomes its dead letter here. The Faust agents in
-`streams.worker.app` are thin shells around this and `streams.worker.stages`; keeping the
-steps out of Faust lets the tests drive the whole per-record path without a broker.
+validate; a record that fails any of them becomes its dead letter here. The fraud lane
+(`streams.worker.lane`) and the Faust agents in `streams.worker.app` call it; keeping it free of
+Kafka lets the tests drive the per-record path without a broker.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+from schemas.clock import to_millis
 from schemas.codec import Codec, DecodeError
 from schemas.pan import may_hold_card_number, redact_bytes, redact_record
 from streams.config import Settings
@@ -129,9 +130,5 @@ def verdict_id(transaction_id: str) -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
-def _millis(ts: datetime) -> int:
-    return int(ts.timestamp() * 1000)
-
-
 def event_millis(record: Mapping[str, Any]) -> int:
-    return _millis(record["event_time"])
+    return to_millis(record["event_time"])

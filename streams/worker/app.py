@@ -1,24 +1,18 @@
-"""The Faust worker: topics in, verdicts and dead letters out.
+"""`rakshit worker`: the fraud lane, and the Faust app for the routing loop and the case book.
 
-Processing guarantee: at-least-once, with every agent at concurrency 1.
-- Faust flushes the producer before it commits consumer offsets, so an offset is only committed
-  after the verdicts of the records before it have been acknowledged by the broker: a crash can
-  repeat work but never skip a transaction.
-- concurrency > 1 can commit past a record still in flight (faust-streaming issue #606), and
-  faust's exactly_once mode has open reports of duplicates and sends outside the transaction
-  (#177, #323, #517): we do not rely on either.
-- What a crash costs: the records processed after the last commit (at most commit_interval_s of
-  traffic, 1 s by default) are processed again. Their verdicts are re-issued with the same
-  verdict_id, and the velocity state is idempotent per transaction id, so the repeat carries the
-  same decision. Consumers dedupe on transaction_id (the record key). tests/test_crash.py measures
-  this with kill -9.
+Transactions, labels and authorization outcomes are processed by the fraud lane
+(streams.worker.lane), started here in a thread of the same process; its outbox commits an offset
+only once the broker has acknowledged every output before it. Faust runs only what its per-event
+cost does not matter to: the Analyst and Pilot (streams.worker.routing) and the case book
+(streams.worker.casework), each agent at concurrency 1 (more can commit past a record still in
+flight, faust-streaming #606) on the guarded transport (streams.worker.transport). At-least-once
+throughout: a crash repeats records, never skips one (tests/test_crash.py, with kill -9).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -159,7 +153,6 @@ def create_app(settings: Settings, lane_ready: Callable[[], bool] = lambda: True
     @app.agent(routing_inputs, name="routing", concurrency=1)
     async def routing_agent(stream: faust.StreamT[bytes]) -> None:
         """The Analyst on outcomes, the Pilot on outcomes and on the hypotheses topic."""
-        checkpointed = [time.monotonic()]
         async for event in finishing(app, stream):
             source = source_of(event)
             raw = event.message.value or b""
@@ -173,12 +166,8 @@ def create_app(settings: Settings, lane_ready: Callable[[], bool] = lambda: True
                 outs = [admission.dead_letter(raw, source, internal_error(exc))]
             for out in outs:
                 await send(out)
-            # Faust writes a table only inside stream iteration (the event names the changelog
-            # partition), so the checkpoint happens here rather than on a timer.
-            if time.monotonic() - checkpointed[0] >= 1.0:
-                checkpointed[0] = time.monotonic()
-                analyst_state.flush()
-                pilot_state.flush()
+            analyst_state.flush_if_due()
+            pilot_state.flush_if_due()
 
     _add_ops(app, settings, lane_ready)
 
@@ -244,8 +233,8 @@ class _Worker(faust.Worker):
     """Faust's worker without its terminal spinner.
 
     The spinner hooks a DEBUG-level handler onto the root logger, which makes aiokafka and faust
-    build a debug record for every message sent (a tenth of the worker's CPU, measured with
-    py-spy) and writes terminal escape codes into log files.
+    build a debug record for every message sent (CPU py-spy finds in every profile of the worker)
+    and writes terminal escape codes into log files.
     """
 
     def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:

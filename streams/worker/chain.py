@@ -13,8 +13,9 @@ import time
 
 from agents.fraud.evaluator import Evaluator
 from agents.fraud.executor import CircuitBreaker, Executor
-from agents.fraud.pipeline import BoosterScorer, DecisionPipeline
+from agents.fraud.pipeline import DecisionPipeline
 from agents.fraud.planner import ExperimentSplit, Planner
+from agents.fraud.risk_scorer import BoosterScorer
 from scoring.online import make_online
 from scoring.registry import LoadedModel, ModelRegistry, drift_baselines
 from scoring.rules import RuleEngine

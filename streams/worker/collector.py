@@ -2,9 +2,9 @@
 
 Reference counting frees almost everything the lane allocates; the cyclic collector only finds
 cycles, yet by default it runs whenever allocations outpace frees, in the middle of a batch, and
-then walks every container still alive: the whole batch in flight (tens of thousands of objects,
-26 ms a pass here) and, in an older generation's pass, every card's and terminal's state
-(hundreds of ms with a day of state: a pause every verdict in flight waits out). So the lane
+then walks every container still alive: the whole batch in flight (tens of thousands of objects)
+and, in an older generation's pass, every card's and terminal's state (with a day of state, a
+pause every verdict in flight waits out; README "Garbage collection between batches"). So the lane
 turns automatic collection off and, after each batch, once the batch's temporaries are freed:
 
 - once ``young`` containers more are alive than at the last pass, collects the young generation
@@ -13,7 +13,7 @@ turns automatic collection off and, after each batch, once the batch's temporari
 - every ``full_every_s``, unfreezes everything and makes one full collection, for cycles that
   died after they were frozen (state is plain acyclic data freed by reference counting; the
   worker's own cycles are rare: asyncio and exception frames). That pass is the one long pause,
-  a few hundred ms with a large state, every half hour.
+  once every half hour.
 
 Each pass is timed as a stage of ``rakshit_stage_seconds`` (``gc0`` young, ``gc2`` full).
 
@@ -30,7 +30,9 @@ import time
 
 from streams.worker import metrics
 
-YOUNG = 20_000  # containers alive since the last pass: about 12 ms of walking here
+# Containers alive since the last pass that make a young pass due; README "Garbage collection
+# between batches" says what a pass costs.
+YOUNG = 20_000
 FULL_EVERY_S = 1800.0
 
 

@@ -37,6 +37,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
 
+from schemas.clock import to_millis
 from schemas.codec import Codec, make_codec
 from scoring import features as F
 from streams.config import Settings
@@ -47,7 +48,6 @@ from streams.worker.admission import (
     Output,
     Processor,
     Source,
-    event_millis,
     internal_error,
 )
 from streams.worker.casework import CaseStage
@@ -55,7 +55,14 @@ from streams.worker.chain import build_pipeline
 from streams.worker.collector import BatchCollector
 from streams.worker.outbox import Offsets, Outbox
 from streams.worker.routing import RoutingStage
-from streams.worker.stages import CardStage, Prepared, TerminalStage
+from streams.worker.stages import (
+    CardStage,
+    Prepared,
+    TerminalStage,
+    is_hand_over,
+    is_watermark,
+    watermark_event,
+)
 from streams.worker.store import Store, partition_bounds, recover
 from streams.worker.watermarks import CAUGHT_UP, WatermarkGate, source
 
@@ -88,7 +95,7 @@ class Held:
     """A transaction the terminal stage has observed but may not decide yet (watermarks)."""
 
     offset: int
-    event: dict[str, Any]
+    hand_over: dict[str, Any]
     t_ms: int
     started: float
 
@@ -352,7 +359,7 @@ class FraudLane:
             return
         tx = admitted.record
         card = tx["card_token"]
-        t_ms = event_millis(tx)
+        t_ms = to_millis(tx["event_time"])
         key = (src.topic, src.partition)
         self.marks[key] = max(self.marks.get(key, t_ms), t_ms)
         try:
@@ -370,8 +377,7 @@ class FraudLane:
             cached = self.card_stage.cached(card)
             row, stale = (cached[0], received - cached[1]) if cached else ({}, 1e9)
             amounts = []
-        self._send(self.card_stage.hand_over(tx, row, amounts, src, received, stale,
-                                             raw if not admitted.pan_redactions else None))
+        self._send(self.card_stage.hand_over(tx, row, amounts, src, received, stale))
 
     def _label(self, raw: bytes | None, src: Source) -> None:
         admitted = self.admission.admit(raw, src, "label")
@@ -379,7 +385,7 @@ class FraudLane:
             self._send(admitted)
             return
         label = admitted.record
-        known = int(label["known_at"].timestamp() * 1000)
+        known = to_millis(label["known_at"])
         key = (src.topic, src.partition)
         self.marks[key] = max(self.marks.get(key, known), known)
         out = self.card_stage.forward_label(label)
@@ -399,7 +405,7 @@ class FraudLane:
             table = self.cards.table(src.partition)
             stored = table.get(card) or {}
             self.cards.put(src.partition, card, {**stored, "outcomes": F.card_outcome_observe(
-                stored.get("outcomes"), rec["transaction_id"], event_millis(rec),
+                stored.get("outcomes"), rec["transaction_id"], to_millis(rec["event_time"]),
                 rec["result"])})
         except Exception:  # the feature store failed: routing still gets the outcome
             log.exception("card state unavailable for an outcome")
@@ -428,13 +434,8 @@ class FraudLane:
                 marks[source(kind, tp.partition)] = self.marks[(tp.topic, tp.partition)]
         if not marks:
             return
-        event = {"kind": "WATERMARK", "transaction_id": "", "terminal_id": "",
-                 "transaction_time": datetime.fromtimestamp(0, UTC), "payload": b"",
-                 "card_features": {}, "card_amount_history": [], "card_state_stale_s": None,
-                 "received_at_ms": time.time() * 1000.0, "source_timestamp_ms": None,
-                 "watermarks": marks}
         topic = self.topics[Topic.SCORING]
-        value = self.codec.encode("scoring_event", event, topic=topic)
+        value = self.codec.encode("scoring_event", watermark_event(marks), topic=topic)
         for q in range(self.terminal_partitions):
             self.outbox.send(topic, b"watermark", value, partition=q)
 
@@ -444,51 +445,51 @@ class FraudLane:
         assert self.gate is not None
         metrics.child(metrics.EVENTS_IN, src.topic).inc()
         try:
-            event = self.terminal_stage.decode(raw)
+            body = self.terminal_stage.decode(raw)
         except Exception as exc:  # our own topic, so a bug: keep the record, say why
             self._send(self.admission.dead_letter(raw, src, internal_error(exc)))
             return
         q = src.partition
-        kind = event["kind"]
-        if kind == "WATERMARK":
-            self.gate.update(q, event["watermarks"])
+        if is_watermark(body):
+            self.gate.update(q, body["watermarks"])
             self._release(q, time.time())
             return
-        terminal = event["terminal_id"]
         table = self.terminals.table(q)
-        if kind == "LABEL":
+        if not is_hand_over(body):  # a label
+            terminal = body["terminal_id"]
             self.terminals.put(q, terminal, self.terminal_stage.observe_label(
-                table.get(terminal), event))
+                table.get(terminal), body))
             return
-        if kind != "TRANSACTION":
-            return
-        t_ms = int(event["transaction_time"].timestamp() * 1000)
+        tx = body["transaction"]
+        t_ms = to_millis(tx["event_time"])
         held = self.held[q]
         if held or not self.gate.ready(q, t_ms):
             # Observed now (later decisions count it), decided once the watermarks allow.
+            terminal = tx["terminal_id"]
             self.terminals.put(q, terminal, F.terminal_observe_tx(
-                table.get(terminal), event["transaction_id"], t_ms))
-            held.append(Held(src.offset, event, t_ms, received))
+                table.get(terminal), tx["transaction_id"], t_ms))
+            held.append(Held(src.offset, body, t_ms, received))
             metrics.HELD_DECISIONS.set(sum(len(h) for h in self.held.values()))
             return
-        self._prepare(q, event, received, waited_out=False)
+        self._prepare(q, body, received, waited_out=False)
 
-    def _prepare(self, q: int, event: dict[str, Any], started: float, waited_out: bool) -> None:
+    def _prepare(self, q: int, hand_over: dict[str, Any], started: float,
+                 waited_out: bool) -> None:
         """Observe and read features now; the batch's decisions are made together at its end."""
-        terminal = event["terminal_id"]
+        terminal = hand_over["transaction"]["terminal_id"]
         try:
             state, ready = self.terminal_stage.prepare(self.terminals.table(q).get(terminal),
-                                                       event, started, waited_out)
+                                                       hand_over, started, waited_out)
             self.terminals.put(q, terminal, state)
             self.pending.append(ready)
         except Exception:
             log.exception("terminal state failed; deciding without features")
             metrics.FEATURE_STORE_ERRORS.inc()
-            self._emit(self._without_state(q, event, started))
+            self._emit(self._without_state(q, hand_over, started))
 
-    def _without_state(self, q: int, event: Mapping[str, Any], started: float) -> Output:
+    def _without_state(self, q: int, hand_over: Mapping[str, Any], started: float) -> Output:
         try:
-            return self.terminal_stage.decide_without_state(event, started)
+            return self.terminal_stage.decide_without_state(hand_over, started)
         except Exception as again:
             where = Source(self.topics[Topic.SCORING], q, -1, None)
             return self.admission.dead_letter(b"", where, internal_error(again))
@@ -503,7 +504,7 @@ class FraudLane:
             verdicts = self.terminal_stage.decide_all(batch)
         except Exception:  # the chain never raises; this is the stage's own code failing
             log.exception("deciding a batch failed; deciding each without features")
-            verdicts = [self._without_state(-1, p.event, p.started) for p in batch]
+            verdicts = [self._without_state(-1, p.hand_over, p.started) for p in batch]
         metrics.child(metrics.STAGE_SECONDS, "decide").observe(time.perf_counter() - t0)
         for verdict in verdicts:
             self._emit(verdict)
@@ -529,7 +530,7 @@ class FraudLane:
             held.popleft()
             released = True
             metrics.WATERMARK_WAIT.observe(max(0.0, now - head.started))
-            self._prepare(q, head.event, head.started, waited_out)
+            self._prepare(q, head.hand_over, head.started, waited_out)
         if released:
             metrics.HELD_DECISIONS.set(sum(len(h) for h in self.held.values()))
 

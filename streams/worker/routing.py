@@ -15,6 +15,7 @@ from typing import Any
 from agents.routing.analyst import Analyst, AnalystConfig
 from agents.routing.outcomes import Outcome
 from agents.routing.pilot import Action, Pilot, PilotConfig
+from schemas.clock import to_millis
 from schemas.codec import Codec
 from streams.topics import Topic, topic_name
 from streams.worker import metrics
@@ -68,7 +69,7 @@ class RoutingStage:
     def on_hypothesis(self, raw: bytes) -> list[Output]:
         h = self.codec.decode(raw, topic=self.topics[Topic.HYPOTHESES],
                               expect="hypothesis").record
-        now_ms = int(h["created_at"].timestamp() * 1000)
+        now_ms = to_millis(h["created_at"])
         return [self._action(a) for a in self.pilot.on_hypothesis(h, now_ms)]
 
     def _hypothesis(self, h: dict[str, Any]) -> Output:

@@ -6,7 +6,12 @@ internal scoring-by-terminal topic joins them:
 
     transactions (by card) --card stage--> scoring-by-terminal (by terminal) --terminal stage-->
     decisions
-    labels (by card) --------label stage--> scoring-by-terminal (LABEL events)
+    labels (by card) --------label stage--> scoring-by-terminal (Label records)
+
+A scoring event's body is one of three records (schemas/scoring_event.avsc v2.0): a transaction
+hand-over (the admitted transaction itself, nested, with the card's features and amount history),
+a label, or the card stage's watermarks. Each crosses the hop in one shape, decoded once; the
+conversions between the worker's own forms and the record's are here, at the stage edges.
 
 The terminal features only read transactions and labels at least seven days old (the handbook's
 label delay), so the hop's few milliseconds, and the race between the labels and transactions
@@ -22,25 +27,28 @@ from __future__ import annotations
 import heapq
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from functools import cached_property
 from typing import Any
 
-from agents.fraud.guardrail import record_amount
+from agents.fraud.guardrail import AmountEntry, record_amount
 from agents.fraud.pipeline import DecisionContext, DecisionPipeline, VerdictParts
-from schemas.codec import Codec
+from schemas.clock import from_millis, to_millis
+from schemas.codec import (
+    HISTORY_DIR,
+    Codec,
+    ConfluentCodec,
+    DecodeError,
+    SingleObjectCodec,
+)
 from scoring import features as F
 from scoring.fx import to_eur
 from streams.topics import Topic, topic_name
 from streams.worker import metrics
-from streams.worker.admission import Output, Source, event_millis, verdict_id
+from streams.worker.admission import Output, Source, verdict_id
 
 CACHE_TTL_S = 3600.0  # cached card features older than this are "expired" (planner: conservative)
-
-
-def _ms(ts: datetime) -> int:
-    return int(ts.timestamp() * 1000)
 
 
 @dataclass
@@ -57,11 +65,14 @@ class CardStage:
         self.topic = topic_name(Topic.SCORING, self.prefix)
 
     def features(self, state: dict[str, Any] | None, tx: Mapping[str, Any],
-                 amounts: list[Any], outcomes: dict[str, Any] | None = None,
-                 ) -> tuple[dict[str, Any], list[Any], dict[str, float]]:
+                 amounts: Sequence[Sequence[Any]], outcomes: dict[str, Any] | None = None,
+                 ) -> tuple[dict[str, Any], list[AmountEntry], dict[str, float]]:
         """Update the card's state with this transaction; return (state, amounts, features).
+        ``amounts`` is the card's near-threshold amounts in the guardrail's form (its
+        ``AmountEntry`` tuples; lists once read back from the changelog), and so is what comes
+        back: the one form on both sides of the hop (``amounts_out``, ``amounts_in``).
         ``outcomes`` is the card's authorization-outcome history (for its decline rate)."""
-        t_ms = event_millis(tx)
+        t_ms = to_millis(tx["event_time"])
         amount = to_eur(tx["amount"], tx["currency"])
         geo = (tx["geo"]["lat"], tx["geo"]["lon"]) if tx.get("geo") else None
         state = F.card_observe(state, tx["transaction_id"], t_ms, amount, tx.get("country"), geo)
@@ -71,7 +82,7 @@ class CardStage:
         amounts = record_amount(amounts, t_ms, tx["transaction_id"], float(tx["amount"]),
                                 tx["currency"])
         self._remember(tx["card_token"], row)
-        return state, [list(a) for a in amounts], row
+        return state, amounts, row
 
     def _remember(self, card: str, row: dict[str, float]) -> None:
         self.cache[card] = (row, time.time())
@@ -83,27 +94,19 @@ class CardStage:
         return self.cache.get(card)
 
     def hand_over(self, tx: Mapping[str, Any], row: Mapping[str, float],
-                  amounts: list[Any], source: Source, received: float,
-                  stale_s: float | None = None, original: bytes | None = None) -> Output:
-        """The terminal stage's record for ``tx``. ``original``: the input bytes, when admission
-        changed nothing in them (no card number redacted), carried as they came rather than
-        encoded again; the terminal stage's decode reads any framing the input may use."""
-        event = {
-            "kind": "TRANSACTION",
-            "transaction_id": tx["transaction_id"],
-            "terminal_id": tx["terminal_id"],
-            "transaction_time": tx["event_time"],
-            "payload": original if original is not None else self.codec.encode(
-                "transaction", tx, topic=self.topic),
+                  amounts: Sequence[Sequence[Any]], source: Source, received: float,
+                  stale_s: float | None = None) -> Output:
+        """The terminal stage's record for the admitted ``tx``: the transaction itself (the
+        terminal stage decodes it with the rest, once), its card features and amounts."""
+        body = {
+            "transaction": tx,
             **card_features_out(row),
-            "card_amount_history": [{"t_ms": int(t), "transaction_id": str(i),
-                                     "amount": float(a), "currency": str(c)}
-                                    for t, i, a, c in amounts],
+            "card_amount_history": amounts_out(amounts),
             "card_state_stale_s": stale_s,
             "received_at_ms": received * 1000.0,
             "source_timestamp_ms": source.timestamp_ms,
         }
-        value = self.codec.encode("scoring_event", event, topic=self.topic)
+        value = self.codec.encode("scoring_event", {"body": body}, topic=self.topic)
         return Output(self.topic, str(tx["terminal_id"]).encode(), value)
 
     def forward_label(self, label: Mapping[str, Any]) -> Output | None:
@@ -111,20 +114,35 @@ class CardStage:
         terminal = label.get("terminal_id")
         if not terminal:
             return None
-        event = {
-            "kind": "LABEL",
-            "transaction_id": label["transaction_id"],
-            "terminal_id": terminal,
-            "transaction_time": label["transaction_time"],
-            "payload": self.codec.encode("label", label, topic=self.topic),
-            "card_features": {},
-            "card_amount_history": [],
-            "card_state_stale_s": None,
-            "received_at_ms": time.time() * 1000.0,
-            "source_timestamp_ms": None,
-        }
-        value = self.codec.encode("scoring_event", event, topic=self.topic)
+        value = self.codec.encode("scoring_event", {"body": label}, topic=self.topic)
         return Output(self.topic, str(terminal).encode(), value)
+
+
+def watermark_event(marks: Mapping[str, int]) -> dict[str, Any]:
+    """The scoring event that tells a terminal partition how far each input partition the sender
+    owns has been handed over (streams.worker.watermarks)."""
+    return {"body": {"watermarks": marks}}
+
+
+def is_hand_over(body: Mapping[str, Any]) -> bool:
+    """A decoded body is a transaction hand-over: Avro's Python form of a union of records is
+    the record alone, told apart by a field only its record has (schemas/scoring_event.avsc)."""
+    return "transaction" in body
+
+
+def is_watermark(body: Mapping[str, Any]) -> bool:
+    return "watermarks" in body
+
+
+def amounts_out(amounts: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
+    """The card's amounts as the hand-over's AmountEntry records (card stage edge)."""
+    return [{"t_ms": int(t), "transaction_id": str(i), "amount": float(a), "currency": str(c)}
+            for t, i, a, c in amounts]
+
+
+def amounts_in(records: Sequence[Mapping[str, Any]]) -> list[AmountEntry]:
+    """The hand-over's AmountEntry records in the guardrail's form (terminal stage edge)."""
+    return [(r["t_ms"], r["transaction_id"], r["amount"], r["currency"]) for r in records]
 
 
 _CARD_SET = frozenset(F.CARD_FEATURES)
@@ -138,14 +156,19 @@ def card_features_out(row: Mapping[str, float]) -> dict[str, Any]:
     return {"card_features": dict(row), "card_vector": []}
 
 
-def card_features_in(event: Mapping[str, Any]) -> dict[str, float]:
+def card_features_in(hand_over: Mapping[str, Any]) -> dict[str, float]:
     """The card features a hand-over carries, by name, whichever way it carries them. A vector
     of another length (from a worker with another feature list, during a rolling upgrade) raises:
     the terminal stage then decides that transaction without features, and says so."""
-    vector = event.get("card_vector")
+    vector = hand_over.get("card_vector")
     if vector:
         return dict(zip(F.CARD_FEATURES, vector, strict=True))
-    return dict(event["card_features"])
+    return dict(hand_over["card_features"])
+
+
+_V1_KINDS = ("TRANSACTION", "LABEL", "WATERMARK")
+_V1_HAND_OVER = ("card_features", "card_amount_history", "card_state_stale_s", "received_at_ms",
+                 "source_timestamp_ms")
 
 
 @dataclass(slots=True)
@@ -155,7 +178,7 @@ class Prepared:
     tx: dict[str, Any]
     row: dict[str, float]
     context: DecisionContext
-    event: Mapping[str, Any]
+    hand_over: Mapping[str, Any]
     started: float
     waited_out: bool
 
@@ -189,15 +212,48 @@ class TerminalStage:
         self._drift_reported: object = None
 
     def decode(self, raw: bytes) -> dict[str, Any]:
-        return self.codec.decode(raw, topic=self.internal, expect="scoring_event").record
+        """The scoring event's body: a transaction hand-over (``is_hand_over``), a watermark
+        (``is_watermark``) or a label."""
+        try:
+            record = self.codec.decode(raw, topic=self.internal, expect="scoring_event").record
+        except DecodeError as exc:
+            if exc.reason == "missing_field" and exc.field == "body":  # a v1 worker wrote it
+                return self._from_v1(raw)
+            raise
+        body: dict[str, Any] = record["body"]
+        return body
+
+    @cached_property
+    def _v1(self) -> Codec:
+        """Reads scoring events of v1.x (schemas/history): v2.0 moved their fields into the
+        body's records, which Avro's resolution cannot follow. Built when first needed."""
+        if isinstance(self.codec, ConfluentCodec):
+            return ConfluentCodec("", client=self.codec.client, schema_dir=HISTORY_DIR)
+        return SingleObjectCodec(schema_dir=HISTORY_DIR)
+
+    def _from_v1(self, raw: bytes) -> dict[str, Any]:
+        """A v1.x scoring event (a kind enum, the record as Avro bytes in ``payload``) as the
+        body v2.0 carries, so hand-overs a v1 worker left in the topic are still decided."""
+        decoded = self._v1.decode(raw, topic=self.internal)
+        old = decoded.record
+        if not decoded.schema.startswith("scoring_event.") or old["kind"] not in _V1_KINDS:
+            raise DecodeError("wrong_record_type", f"not a v1 scoring event: {decoded.schema}")
+        if old["kind"] == "WATERMARK":
+            return {"watermarks": old.get("watermarks", {})}
+        payload = self.codec.decode(old["payload"], topic=self.internal,
+                                    expect=old["kind"].lower()).record
+        if old["kind"] == "LABEL":
+            return payload
+        return {"transaction": payload, "card_vector": old.get("card_vector", []),
+                **{k: old[k] for k in _V1_HAND_OVER}}
 
     def observe_label(self, state: dict[str, Any] | None,
-                      event: Mapping[str, Any]) -> dict[str, Any]:
-        label = self.codec.decode(event["payload"], topic=self.internal, expect="label").record
+                      label: Mapping[str, Any]) -> dict[str, Any]:
         fraud = label["label"] in ("FRAUD", "CHARGEBACK")
         state = F.terminal_observe_label(state, label["transaction_id"],
-                                         _ms(label["transaction_time"]), fraud)
-        heapq.heappush(self.pending, (_ms(label["known_at"]), label["transaction_id"], fraud))
+                                         to_millis(label["transaction_time"]), fraud)
+        heapq.heappush(self.pending,
+                       (to_millis(label["known_at"]), label["transaction_id"], fraud))
         self._learn_due()
         return state
 
@@ -212,37 +268,36 @@ class TerminalStage:
             self.pipeline.record_label(seen.features, seen.score, fraud)
             self.labels_learned += 1
 
-    def decide(self, state: dict[str, Any] | None, event: Mapping[str, Any],
+    def decide(self, state: dict[str, Any] | None, hand_over: Mapping[str, Any],
                started: float, waited_out: bool = False) -> tuple[dict[str, Any], Output]:
         """Observe the transaction at its terminal and decide it (``prepare`` then ``decide_all``
         for one)."""
-        state, ready = self.prepare(state, event, started, waited_out)
+        state, ready = self.prepare(state, hand_over, started, waited_out)
         return state, self.decide_all([ready])[0]
 
-    def prepare(self, state: dict[str, Any] | None, event: Mapping[str, Any], started: float,
-                waited_out: bool = False) -> tuple[dict[str, Any], Prepared]:
+    def prepare(self, state: dict[str, Any] | None, hand_over: Mapping[str, Any],
+                started: float, waited_out: bool = False) -> tuple[dict[str, Any], Prepared]:
         """Observe the transaction at its terminal and read its features: the new terminal
         state (store it before the next transaction of the batch reads it) and what the
         decision needs. ``waited_out``: the watermarks never allowed it
         (streams.worker.watermarks), so its terminal history may be short; the verdict says
         so (fallback ``watermark_timeout``)."""
-        tx = self.codec.decode(event["payload"], topic=self.internal, expect="transaction").record
-        t_ms = event_millis(tx)
+        tx = hand_over["transaction"]
+        t_ms = to_millis(tx["event_time"])
         amount = to_eur(tx["amount"], tx["currency"])
         state = F.terminal_observe_tx(state, tx["transaction_id"], t_ms)
         row = F.transaction_features(t_ms, amount)
-        row.update(card_features_in(event))
+        row.update(card_features_in(hand_over))
         row.update(F.terminal_features(state, t_ms))
-        stale = event["card_state_stale_s"]
+        stale = hand_over["card_state_stale_s"]
         context = DecisionContext(
             now_ms=t_ms,
             feature_store_ok=stale is None,
             cached_features=row if stale is not None else None,
             cached_at_ms=int(t_ms - stale * 1000) if stale is not None else None,
-            amount_history=[(a["t_ms"], a["transaction_id"], a["amount"], a["currency"])
-                            for a in event["card_amount_history"]],
+            amount_history=amounts_in(hand_over["card_amount_history"]),
         )
-        return state, Prepared(tx, row, context, event, started, waited_out)
+        return state, Prepared(tx, row, context, hand_over, started, waited_out)
 
     def decide_all(self, batch: list[Prepared]) -> list[Output]:
         """Verdicts for prepared transactions, in order: one decision-chain call for the batch
@@ -256,21 +311,21 @@ class TerminalStage:
                 parts = replace(parts, fallbacks=(*parts.fallbacks, "watermark_timeout"))
             self.watermark_ms = max(self.watermark_ms, p.context.now_ms)
             self._remember(p.tx["transaction_id"], p.row, parts.score)
-            out.append(self.verdict(p.tx, parts, p.row, p.started, p.event))
+            out.append(self.verdict(p.tx, parts, p.row, p.started, p.hand_over))
         self._learn_due()
         return out
 
-    def decide_without_state(self, event: Mapping[str, Any], started: float) -> Output:
+    def decide_without_state(self, hand_over: Mapping[str, Any], started: float) -> Output:
         """The verdict when reading or updating terminal state raised: no features at all.
 
         The decision chain then runs its features_unavailable path (conservative tier) rather
         than the transaction going without a verdict; the state is left as it was.
         """
-        tx = self.codec.decode(event["payload"], topic=self.internal, expect="transaction").record
-        context = DecisionContext(now_ms=event_millis(tx), feature_store_ok=False,
+        tx = hand_over["transaction"]
+        context = DecisionContext(now_ms=to_millis(tx["event_time"]), feature_store_ok=False,
                                   cached_features=None, cached_at_ms=None, amount_history=[])
         parts = self.pipeline.decide(tx, None, context)
-        return self.verdict(tx, parts, {}, started, event)
+        return self.verdict(tx, parts, {}, started, hand_over)
 
     def _report_drift(self) -> None:
         """The evaluator recomputes PSI every so many verdicts; publish each new report once."""
@@ -286,9 +341,9 @@ class TerminalStage:
             self.scored.popitem(last=False)
 
     def verdict(self, tx: Mapping[str, Any], parts: VerdictParts, row: Mapping[str, float],
-                started: float, event: Mapping[str, Any]) -> Output:
+                started: float, hand_over: Mapping[str, Any]) -> Output:
         now = time.time()
-        received = event["received_at_ms"] / 1000.0
+        received = hand_over["received_at_ms"] / 1000.0
         record = {
             "verdict_id": verdict_id(tx["transaction_id"]),
             "transaction_id": tx["transaction_id"],
@@ -296,7 +351,7 @@ class TerminalStage:
             **parts.verdict_fields(),
             "processing_latency_ms": (now - min(received, started)) * 1000.0,
             "transaction_time": tx["event_time"],
-            "decided_at": datetime.fromtimestamp(now, UTC),
+            "decided_at": from_millis(now * 1000.0),
             "is_override": False,
             "overrides_verdict_id": None,
             "decided_by": "worker",
@@ -313,7 +368,7 @@ class TerminalStage:
         for check in parts.guardrails:
             if not check.passed:
                 metrics.child(metrics.GUARDRAIL_FAILURES, check.name).inc()
-        source_ts = event["source_timestamp_ms"]
+        source_ts = hand_over["source_timestamp_ms"]
         if source_ts is not None:
             metrics.VERDICT_LATENCY.observe(max(0.0, now - source_ts / 1000.0))
         return Output(self.decisions, tx["transaction_id"].encode(), value,

@@ -1,6 +1,6 @@
 """A working copy of a Faust table, written back once a second instead of on every update.
 
-Why: the Analyst updates a cell's state (about 19 KB of JSON: windows, histograms, CUSUMs) on every
+Why: the Analyst updates a cell's state (kilobytes of JSON: windows, histograms, CUSUMs) on every
 authorization outcome. A Faust table sends a changelog record per assignment, which at 200
 outcomes/s would be megabytes a second of changelog for state that is only needed after a crash.
 So the agents work on this mapping, and a timer writes the keys changed since the last flush.
@@ -13,6 +13,7 @@ all: the CUSUMs move by a few attempts. Every decision already taken is a publis
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, MutableMapping
 from typing import Any
 
@@ -20,10 +21,12 @@ _DELETED = object()
 
 
 class WriteBehind(MutableMapping[str, Any]):
-    def __init__(self, table: MutableMapping[str, Any]) -> None:
+    def __init__(self, table: MutableMapping[str, Any], every_s: float = 1.0) -> None:
         self.table = table
         self.cache: dict[str, Any] = {}
         self.dirty: set[str] = set()
+        self.every_s = every_s
+        self._flushed_at = time.monotonic()
 
     def __getitem__(self, key: str) -> Any:
         value = self.cache.get(key, _DELETED)
@@ -57,6 +60,17 @@ class WriteBehind(MutableMapping[str, Any]):
 
     def __len__(self) -> int:
         return sum(1 for _ in self)
+
+    def flush_if_due(self, now: float | None = None) -> int:
+        """Flush when ``every_s`` has passed since the last flush; returns how many were written.
+
+        Called from inside stream iteration: Faust writes a table only there (the event names the
+        changelog partition), so the checkpoint cannot run on a timer."""
+        now = time.monotonic() if now is None else now
+        if now - self._flushed_at < self.every_s:
+            return 0
+        self._flushed_at = now
+        return self.flush()
 
     def flush(self) -> int:
         """Write the changed keys to the table; returns how many."""

@@ -1,4 +1,5 @@
-"""The per-record path without a broker: the same Processor the Faust agent drives."""
+"""Admission (streams/worker/admission.py) without a broker: the same Processor the fraud lane
+drives, from size check and decode to redaction, validation and dead letters."""
 
 from __future__ import annotations
 

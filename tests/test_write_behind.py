@@ -46,3 +46,15 @@ def test_a_restarted_worker_sees_what_was_flushed() -> None:
     first["cell"] = {"cusum": 9.0}  # not flushed: lost in a crash, by design
     again = WriteBehind(table)
     assert again["cell"] == {"cusum": 3.5}
+
+
+def test_flush_if_due_writes_once_per_interval() -> None:
+    table: dict[str, int] = {}
+    wb = WriteBehind(table, every_s=1.0)
+    start = wb._flushed_at
+    wb["a"] = 1
+    assert wb.flush_if_due(start + 0.5) == 0 and table == {}
+    assert wb.flush_if_due(start + 1.0) == 1 and table == {"a": 1}
+    wb["b"] = 2
+    assert wb.flush_if_due(start + 1.5) == 0 and "b" not in table
+    assert wb.flush_if_due(start + 2.1) == 1 and table == {"a": 1, "b": 2}

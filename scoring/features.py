@@ -17,9 +17,10 @@ Per transaction the worker does what ``build_offline`` does: ``card_observe`` an
 - bounded: entries no window can reach are pruned, and a hard cap keeps a pathological card or
   terminal from growing without limit (counts then saturate).
 
-The handbook's 15 baseline features follow its own definitions exactly (``TARGETS.md`` section 1);
-``scoring.dataset`` builds them for the whole data set and checks them against the published
-reference columns. The extra features each earned their place on the Chapter 5 validation folds
+The handbook's 15 baseline features follow its own definitions exactly (Le Borgne et al., *Machine
+Learning for Credit Card Fraud Detection: Practical Handbook*, ULB, chapter 3); ``scoring.dataset``
+builds them for the whole data set and checks them against the published reference columns. The
+extra features each earned their place on the Chapter 5 validation folds
 (``scoring.train.ablation``).
 """
 

@@ -1,4 +1,5 @@
-"""The worker's two stages without a broker: same features as the offline builder, verdicts that
+"""The worker's two stages without a broker, driven through the worker's own lane
+(streams.worker.local): same features as the offline builder, verdicts that
 carry them, labels that reach terminal risk and the online learner only once known, and the hop
 between them in one shape (a scoring event decoded once, v1 events still read)."""
 
@@ -21,7 +22,10 @@ from schemas.codec import HISTORY_DIR, SCHEMA_DIR, Codec, ConfluentCodec, Decode
 from scoring import features as F
 from scoring.online import make_online
 from scoring.rules import RuleEngine
+from streams.config import Settings
+from streams.topics import Topic
 from streams.worker.admission import Source
+from streams.worker.local import LocalLane
 from streams.worker.stages import (
     CardStage,
     TerminalStage,
@@ -41,6 +45,13 @@ def stages() -> tuple[CardStage, TerminalStage]:
     return CardStage(codec), TerminalStage(codec, pipeline)
 
 
+@pytest.fixture
+def local() -> LocalLane:
+    """The worker's lane, in memory, deciding with rules and the online learner."""
+    return LocalLane(Settings(), DecisionPipeline(RuleEngine.from_file(), None,
+                                                  online=make_online()))
+
+
 def _traffic(n: int, seed: int = 1) -> list[dict[str, Any]]:
     rng = random.Random(seed)
     txs = []
@@ -53,11 +64,12 @@ def _traffic(n: int, seed: int = 1) -> list[dict[str, Any]]:
     return txs
 
 
-def _run(card_stage: CardStage, terminal_stage: TerminalStage, txs: list[dict[str, Any]],
-         fraud_ids: set[str]) -> list[dict[str, Any]]:
-    """Transactions in event order, each label released at its known_at, as the replay does."""
-    cards: dict[str, dict[str, Any]] = {}
-    terminals: dict[str, dict[str, Any]] = {}
+def _run(local: LocalLane, txs: list[dict[str, Any]], fraud_ids: set[str]
+         ) -> list[dict[str, Any]]:
+    """Transactions in event order through the worker's own lane, each label released at its
+    known_at, as the replay does."""
+    codec, tx_topic = local.codec, local.topic(Topic.TRANSACTIONS)
+    labels_topic = local.topic(Topic.LABELS)
     pending = sorted((tx["event_time"] + timedelta(days=7), tx) for tx in txs)
     verdicts = []
     for tx in txs:
@@ -69,41 +81,37 @@ def _run(card_stage: CardStage, terminal_stage: TerminalStage, txs: list[dict[st
                      "label": "FRAUD" if labelled["transaction_id"] in fraud_ids else "GENUINE",
                      "fraud_scenario": None, "transaction_time": labelled["event_time"],
                      "known_at": known_at, "source": "SIMULATOR"}
-            out = card_stage.forward_label(label)
-            assert out is not None
-            body = terminal_stage.decode(out.value)
-            assert body == label
-            term = body["terminal_id"]
-            terminals[term] = terminal_stage.observe_label(terminals.get(term), body)
-        stored = cards.get(tx["card_token"], {})
-        state, amounts, row = card_stage.features(stored.get("features"), tx,
-                                                  stored.get("amounts", []))
-        cards[tx["card_token"]] = {"features": state, "amounts": amounts}
-        hand = card_stage.hand_over(tx, row, amounts, Source("t", 0, 0, None), 0.0)
-        body = terminal_stage.decode(hand.value)
-        assert is_hand_over(body) and body["transaction"] == tx
-        term = body["transaction"]["terminal_id"]
-        terminals[term], out = terminal_stage.decide(terminals.get(term), body, 0.0)
-        verdict = terminal_stage.codec.decode(out.value, topic=out.topic,
-                                              expect="verdict").record
-        _check_notification(terminal_stage, verdict, out)
+            value = codec.encode("label", label, topic=labels_topic)
+            assert local.feed(Topic.LABELS, [(label["card_token"].encode(), value)]) == {}
+        value = codec.encode("transaction", tx, topic=tx_topic)
+        outputs = local.feed(Topic.TRANSACTIONS, [(tx["card_token"].encode(), value)])
+        ((_, raw),) = outputs.pop(local.topic(Topic.DECISIONS))
+        verdict = codec.decode(raw, topic=local.topic(Topic.DECISIONS), expect="verdict").record
+        assert verdict["transaction_id"] == tx["transaction_id"]
+        _check_follow_ups(local, verdict, outputs)
         verdicts.append(verdict)
     return verdicts
 
 
-def _check_notification(stage: TerminalStage, verdict: dict[str, Any], out: Any) -> None:
-    """A declined or reviewed payment tells the customer, in the verdict's plain words."""
+def _check_follow_ups(local: LocalLane, verdict: dict[str, Any],
+                      outputs: dict[str, list[tuple[bytes | None, bytes]]]) -> None:
+    """A declined or reviewed payment tells the customer, in the verdict's plain words; a
+    reviewed one opens a case."""
+    notifications = outputs.pop(local.topic(Topic.NOTIFICATIONS), [])
+    cases = outputs.pop(local.topic(Topic.CASE_COMMANDS), [])
+    assert outputs == {}  # nothing else: no dead letter, no stray record
+    assert len(cases) == (verdict["decision"] == "REVIEW")
     if verdict["decision"] == "APPROVE":
-        assert out.follow_ups == ()
+        assert notifications == []
         return
-    (note,) = out.follow_ups
-    record = stage.codec.decode(note.value, topic=note.topic, expect="notification").record
-    assert note.topic.endswith("notifications") and note.key == verdict["card_token"].encode()
+    ((key, value),) = notifications
+    record = local.codec.decode(value, topic=local.topic(Topic.NOTIFICATIONS),
+                                expect="notification").record
+    assert key == verdict["card_token"].encode()
     assert record["message"] == verdict["customer_message"]
     assert record["kind"] == {"DECLINE": "PAYMENT_DECLINED",
                               "REVIEW": "PAYMENT_UNDER_REVIEW"}[verdict["decision"]]
     assert str(verdict["score"]) not in record["message"]
-    assert out.opens_case == (verdict["decision"] == "REVIEW")
 
 
 def _offline(txs: list[dict[str, Any]], fraud_ids: set[str]) -> list[dict[str, float]]:
@@ -130,11 +138,10 @@ def _offline(txs: list[dict[str, Any]], fraud_ids: set[str]) -> list[dict[str, f
     return rows
 
 
-def test_streamed_features_equal_the_offline_builder(
-        stages: tuple[CardStage, TerminalStage]) -> None:
+def test_streamed_features_equal_the_offline_builder(local: LocalLane) -> None:
     txs = _traffic(400)
     fraud = {tx["transaction_id"] for tx in txs[::9]}
-    verdicts = _run(*stages, txs, fraud)
+    verdicts = _run(local, txs, fraud)
     offline = _offline(txs, fraud)
     assert len(verdicts) == len(offline) == len(txs)
     compared = 0
@@ -147,9 +154,8 @@ def test_streamed_features_equal_the_offline_builder(
     assert any(v["features"]["TERMINAL_ID_RISK_7DAY_WINDOW"] > 0 for v in verdicts)
 
 
-def test_without_a_model_the_verdict_says_rules_only(
-        stages: tuple[CardStage, TerminalStage]) -> None:
-    verdicts = _run(*stages, _traffic(30), set())
+def test_without_a_model_the_verdict_says_rules_only(local: LocalLane) -> None:
+    verdicts = _run(local, _traffic(30), set())
     for v in verdicts:
         assert v["model_version"] == "rules-only-v0"
         assert {"model_unavailable", "rules_only"} <= set(v["fallbacks"])
@@ -157,11 +163,10 @@ def test_without_a_model_the_verdict_says_rules_only(
         assert v["customer_message"]
 
 
-def test_labels_teach_the_online_learner_only_once_known(
-        stages: tuple[CardStage, TerminalStage]) -> None:
-    card_stage, terminal_stage = stages
+def test_labels_teach_the_online_learner_only_once_known(local: LocalLane) -> None:
+    terminal_stage = local.lane.terminal_stage
     txs = _traffic(300)
-    _run(card_stage, terminal_stage, txs, {tx["transaction_id"] for tx in txs[::7]})
+    _run(local, txs, {tx["transaction_id"] for tx in txs[::7]})
     last = to_millis(txs[-1]["event_time"])
     assert terminal_stage.labels_learned > 0
     # Nothing learned ahead of its time: every label still pending is known after the watermark.
@@ -189,11 +194,10 @@ def test_a_shadow_model_is_logged_beside_the_verdict_and_never_decides() -> None
     y = (x[:, 0] > 1.0).astype(float)
     booster = lgb.train({"objective": "binary", "verbose": -1, "num_threads": 1},
                         lgb.Dataset(x, y, feature_name=names), num_boost_round=5)
-    codec = make_codec(None)
     pipeline = DecisionPipeline(RuleEngine.from_file(), None,
                                 shadow=BoosterScorer(booster, "9.9.9", names),
                                 planner=Planner(ExperimentSplit(shadow_share=1.0)))
-    verdicts = _run(CardStage(codec), TerminalStage(codec, pipeline), _traffic(20), set())
+    verdicts = _run(LocalLane(Settings(), pipeline), _traffic(20), set())
     for v in verdicts:
         assert v["shadow"]["model_version"] == "9.9.9"
         assert 0.0 <= v["shadow"]["score"] <= 1.0

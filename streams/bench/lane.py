@@ -5,8 +5,9 @@ broker, librdkafka and the other processes take their share; it says how far the
 the passthroughs, not where the lane's own time goes. This command runs the lane's real code
 (``FraudLane._process`` for the card stage, then again for the terminal stage on the hand-overs
 the card stage produced, then the checkpoint's changelog records) on the pipeline benchmark's
-transactions, in one thread, with an in-memory source and sink standing in for the consumer and
-the producer, so a change to the hot path can be judged in seconds and profiled without noise:
+transactions, in one thread, through ``streams.worker.local`` (an in-memory source and sink
+standing in for the consumer and the producer), so a change to the hot path can be judged in
+seconds and profiled without noise:
 
     rakshit bench lane --transactions 20000
     py-spy record -- python -m streams.cli bench lane
@@ -18,58 +19,13 @@ are in the pipeline benchmark's figures.
 from __future__ import annotations
 
 import time
-from collections import deque
-from dataclasses import dataclass
 from typing import Any
 
 from streams.config import Settings
 from streams.topics import Topic
 from streams.worker.collector import BatchCollector
-from streams.worker.lane import BATCH, FraudLane
-from streams.worker.watermarks import CAUGHT_UP, WatermarkGate, source
-
-
-@dataclass(slots=True)
-class _Record:
-    """What the lane reads of a consumed message (confluent_kafka.Message's accessors)."""
-
-    _topic: str
-    _partition: int
-    _offset: int
-    _key: bytes | None
-    _value: bytes
-
-    def error(self) -> None:
-        return None
-
-    def topic(self) -> str:
-        return self._topic
-
-    def partition(self) -> int:
-        return self._partition
-
-    def offset(self) -> int:
-        return self._offset
-
-    def key(self) -> bytes | None:
-        return self._key
-
-    def value(self) -> bytes:
-        return self._value
-
-    def timestamp(self) -> tuple[int, float]:
-        return 1, time.time() * 1000.0  # TIMESTAMP_CREATE_TIME, now
-
-
-class _Sink:
-    """The outbox's ``send``, keeping what was sent."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, bytes | None, bytes]] = []
-
-    def send(self, topic: str, key: bytes | None, value: bytes,
-             partition: int | None = None) -> None:
-        self.sent.append((topic, key, value))
+from streams.worker.lane import BATCH
+from streams.worker.local import LocalLane
 
 
 def bench_lane(settings: Settings, transactions: int = 20_000, batch: int = BATCH
@@ -77,35 +33,23 @@ def bench_lane(settings: Settings, transactions: int = 20_000, batch: int = BATC
     from streams.bench.pipeline import benchmark_records
 
     records = benchmark_records(settings, transactions, seed=5, traffic="handbook")
-    lane = FraudLane(settings)
-    sink = _Sink()
-    lane.outbox = sink  # type: ignore[assignment]  # only send() is used on this path
-    lane.gate = WatermarkGate(1, 1)  # one partition of each, both consumed to their end
-    lane.gate.update(0, {source("transactions", 0): CAUGHT_UP, source("labels", 0): CAUGHT_UP})
-    lane.held[0] = deque()
-    lane.cards.adopt(0, {})
-    lane.terminals.adopt(0, {})
-    tx_topic, scoring = lane.topics[Topic.TRANSACTIONS], lane.topics[Topic.SCORING]
+    local = LocalLane(settings)
+    stores = (local.lane.cards, local.lane.terminals)
+    tx_topic, scoring = local.topic(Topic.TRANSACTIONS), local.topic(Topic.SCORING)
     collector = BatchCollector()
     card_s = terminal_s = changelog_s = gc_s = 0.0
     outputs: dict[str, int] = {}
     try:
         for start in range(0, len(records), batch):
-            chunk = [_Record(tx_topic, 0, start + i, key, value)
-                     for i, (key, value) in enumerate(records[start:start + batch])]
             t0 = time.perf_counter()
-            lane._process(chunk)  # type: ignore[arg-type]
+            sent = local.process(tx_topic, records[start:start + batch])
             t1 = time.perf_counter()
-            handed = [_Record(scoring, 0, start + i, key, value) for i, (topic, key, value)
-                      in enumerate(sink.sent) if topic == scoring]
-            sink.sent.clear()
+            handed = [(key, value) for topic, key, value in sent if topic == scoring]
             t2 = time.perf_counter()
-            lane._process(handed)  # type: ignore[arg-type]
-            t3 = time.perf_counter()
-            for topic, _, _ in sink.sent:
+            for topic, _, _ in local.process(scoring, handed):
                 outputs[topic] = outputs.get(topic, 0) + 1
-            sink.sent.clear()
-            changes = sum(1 for store in (lane.cards, lane.terminals) for _ in store.changes())
+            t3 = time.perf_counter()
+            changes = sum(1 for store in stores for _ in store.changes())
             t4 = time.perf_counter()
             collector.after_batch()
             t5 = time.perf_counter()

@@ -37,6 +37,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
 
+from agents.fraud.pipeline import DecisionPipeline
 from schemas.clock import to_millis
 from schemas.codec import Codec, make_codec
 from scoring import features as F
@@ -103,13 +104,15 @@ class Held:
 class FraudLane:
     """The hot path. ``run()`` blocks until ``stop()``; ``ready`` once partitions are recovered."""
 
-    def __init__(self, settings: Settings, codec: Codec | None = None) -> None:
+    def __init__(self, settings: Settings, codec: Codec | None = None,
+                 pipeline: DecisionPipeline | None = None) -> None:
         self.settings = settings
         self.codec = codec or make_codec(settings.schema_registry_url)
         prefix = settings.topic_prefix
         self.admission = Processor(settings, self.codec)
         self.card_stage = CardStage(self.codec, prefix)
-        self.terminal_stage = TerminalStage(self.codec, build_pipeline(settings), prefix)
+        pipeline = pipeline or build_pipeline(settings)  # tests pass their own
+        self.terminal_stage = TerminalStage(self.codec, pipeline, prefix)
         self.cases = CaseStage(self.codec, prefix)
         self.routing = RoutingStage(self.codec, prefix, {})
         self.topics = {t: topic_name(t, prefix) for t in (

@@ -268,13 +268,6 @@ class TerminalStage:
             self.pipeline.record_label(seen.features, seen.score, fraud)
             self.labels_learned += 1
 
-    def decide(self, state: dict[str, Any] | None, hand_over: Mapping[str, Any],
-               started: float, waited_out: bool = False) -> tuple[dict[str, Any], Output]:
-        """Observe the transaction at its terminal and decide it (``prepare`` then ``decide_all``
-        for one)."""
-        state, ready = self.prepare(state, hand_over, started, waited_out)
-        return state, self.decide_all([ready])[0]
-
     def prepare(self, state: dict[str, Any] | None, hand_over: Mapping[str, Any],
                 started: float, waited_out: bool = False) -> tuple[dict[str, Any], Prepared]:
         """Observe the transaction at its terminal and read its features: the new terminal

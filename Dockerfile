@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
 #
-# The Rakshit Pay image: the project installed from pyproject.toml, with `rakshit` on PATH.
+# The Rakshit Pay image: the project and its `ml` extra installed from pyproject.toml, with
+# `rakshit` on PATH; every service in docker-compose.yml runs from it.
 #
 #   docker build -t rakshit-pay:local .
 #   docker run --rm rakshit-pay:local rakshit --help
@@ -32,15 +33,19 @@ ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 
 # Dependencies first, read from pyproject.toml alone, so a code change does not reinstall
-# numpy, pyarrow and friends.
+# numpy, pyarrow and friends: the core dependencies and the `ml` extra, since the worker and the
+# API import LightGBM and river (and pandas with them) when they start. tests/test_image.py
+# builds this environment from these lines without Docker and imports what each service loads.
 COPY pyproject.toml ./
-RUN python -c "import tomllib; deps = tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']; print(*deps, sep=chr(10))" > /tmp/requirements.txt \
+RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; print(*p['dependencies'], *p['optional-dependencies']['ml'], sep=chr(10))" > /tmp/requirements.txt \
  && pip install -r /tmp/requirements.txt
 
-# Then the project itself (.dockerignore keeps .venv, .git, .rakshit, artifacts and caches out).
+# Then the project itself (.dockerignore keeps .venv, .git, .rakshit, artifacts and caches out),
+# and a build that fails here if a service's modules cannot be imported.
 COPY . .
 RUN pip install . \
- && rakshit --help > /dev/null
+ && rakshit --help > /dev/null \
+ && cd / && python -c "import streams.admin, streams.worker.app, streams.api.server, streams.simulator.producer"
 
 # ---------------------------------------------------------------------------------------------
 # runtime: the virtualenv on a clean slim image, run as an unprivileged user.
@@ -57,6 +62,13 @@ RUN groupadd --system --gid 10001 rakshit \
  && useradd --system --uid 10001 --gid rakshit --create-home --home-dir /home/rakshit rakshit \
  && mkdir -p /var/lib/rakshit \
  && chown rakshit:rakshit /var/lib/rakshit
+
+# LightGBM's wheel links the system's OpenMP runtime (libgomp.so.1), which the slim image lacks
+# (the build stage has it through build-essential); tests/test_image.py checks that every system
+# library the services load is in the slim image or installed here.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends libgomp1 \
+ && rm -rf /var/lib/apt/lists/*
 
 COPY --from=build /opt/venv /opt/venv
 

@@ -11,6 +11,10 @@ when it goes live, and judged on later ones. The handbook's protocol (followed t
   like-for-like comparison with its published table; there, as in the book, the validation weeks
   overlap the earlier test weeks.
 
+``Window`` is a protocol of one fold named by its dates (``rakshit evaluate --train --test``),
+split by ``window_split``, the same rule with the delay as a parameter, and judged by
+``score_window`` into the same report.
+
 Hyperparameters are chosen once per protocol on the handbook's validation folds (its layout
 moved back by delay + one week: validation weeks 2018-07-04..07-31), so for ``chapter3`` and
 ``chapter5`` every label they use is known by 2018-08-07, before the first test week: test weeks
@@ -257,9 +261,15 @@ def search(features_df: pd.DataFrame, protocol: Protocol, cols: Sequence[str]
     AP, because it is the metric that moves most with ranking quality among the top scores, the
     region every decision threshold lives in; AUC and CP@100 of every candidate are kept too.
     """
+    return search_splits([handbook_split(features_df, start)
+                          for start in protocol.validation_starts], cols)
+
+
+def search_splits(splits: Sequence[tuple[pd.DataFrame, pd.DataFrame]], cols: Sequence[str]
+                  ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """``search`` over given (train, validation) splits: the grid, best mean validation AP."""
     folds = []
-    for start in protocol.validation_starts:
-        train, valid = handbook_split(features_df, start)
+    for train, valid in splits:
         folds.append((train[list(cols)].to_numpy(dtype=np.float64),
                       train[LABEL].to_numpy(dtype=np.float64), valid,
                       valid[list(cols)].to_numpy(dtype=np.float64)))
@@ -395,6 +405,127 @@ def evaluate_protocol(protocol: str, data_dir: Path, cache_dir: Path, *,
     frame = dataset.offline_features(data_dir, cache_dir)
     return score_protocol(frame, protocol, feature_cols=feature_cols, params=params,
                           curves_dir=curves_dir)
+
+
+# -- a custom window ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Window:
+    """A protocol of one fold named by its dates (each range inclusive).
+
+    The handbook's rule, with the delay as a parameter: a label is known ``delay_days`` after
+    its transaction's day, so the test may start once the last training day's labels are known,
+    and each test day leaves out the cards whose frauds are known by then.
+    """
+
+    train_start: date
+    train_end: date
+    test_start: date
+    test_end: date
+    delay_days: int = DELTA_DELAY
+
+    name = "custom"
+
+    @property
+    def earliest_test_start(self) -> date:
+        """The first day the training period's labels are all known."""
+        return self.train_end + timedelta(days=self.delay_days + 1)
+
+    def moved_back(self, days: int) -> Window:
+        back = timedelta(days=days)
+        return Window(self.train_start - back, self.train_end - back, self.test_start - back,
+                      self.test_end - back, self.delay_days)
+
+    def validation(self) -> Window:
+        """The same fold moved back until its test period ends the day before the last labels
+        known at this fold's test start: hyperparameters chosen on it never see a test label."""
+        return self.moved_back((self.test_end - self.test_start).days + self.delay_days + 1)
+
+    def train_days(self) -> list[date]:
+        return [self.train_start + timedelta(days=i)
+                for i in range((self.train_end - self.train_start).days + 1)]
+
+    def test_days(self) -> list[date]:
+        return [self.test_start + timedelta(days=i)
+                for i in range((self.test_end - self.test_start).days + 1)]
+
+    def describe(self) -> dict[str, Any]:
+        return {"train": [str(self.train_start), str(self.train_end)],
+                "test": [str(self.test_start), str(self.test_end)],
+                "delay_days": self.delay_days}
+
+
+def window_split(frame: pd.DataFrame, window: Window, *, time_col: str = TIME,
+                 card_col: str = CARD, label_col: str = LABEL
+                 ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``handbook_split`` for a window: (train, test). A test day drops the cards with a fraud
+    from the training start to the last day whose labels are known on it (``delay_days``
+    before); on the handbook's 7/7/7 layout this is ``handbook_split`` row for row."""
+    day = frame[time_col].dt.floor("D")
+    start = _at(window.train_start)
+    train = frame[(day >= start) & (day <= _at(window.train_end))]
+    frauds = frame[(frame[label_col] == 1) & (day >= start)]
+    fraud_day = frauds[time_col].dt.floor("D")
+    parts = []
+    for offset in range((window.test_end - window.test_start).days + 1):
+        test_day = _at(window.test_start) + pd.Timedelta(days=offset)
+        last_known = test_day - pd.Timedelta(days=window.delay_days + 1)
+        known = set(frauds.loc[fraud_day <= last_known, card_col].tolist())
+        rows = frame[day == test_day]
+        parts.append(rows[~rows[card_col].isin(known)])
+    return canonical_order(train, time_col), canonical_order(pd.concat(parts), time_col)
+
+
+def score_window(features_df: pd.DataFrame, window: Window, *,
+                 validation: Window | None = None,
+                 feature_cols: Sequence[str] | None = None,
+                 params: Mapping[str, Any] | None = None,
+                 curves_dir: Path | None = None, curves_prefix: str | None = None
+                 ) -> dict[str, Any]:
+    """``score_protocol`` for a window: the same report, with one fold.
+
+    Without ``params`` the hyperparameters are searched on ``validation`` (normally
+    ``window.validation()``, when the data holds it); with neither, ``DEFAULT_CHOICE`` serves
+    and the report's ``selection`` says so.
+    """
+    cols = list(feature_cols) if feature_cols is not None else features.feature_names("handbook")
+    started = time.perf_counter()
+    grid: list[dict[str, Any]] = []
+    if params is not None:
+        chosen, selection = {**DEFAULT_CHOICE, **params}, "given"
+    elif validation is not None:
+        chosen, grid = search_splits([window_split(features_df, validation)], cols)
+        selection = (f"validation Average Precision on the window moved back: train "
+                     f"{validation.train_start}..{validation.train_end}, test "
+                     f"{validation.test_start}..{validation.test_end}")
+    else:
+        chosen, selection = dict(DEFAULT_CHOICE), (
+            "DEFAULT_CHOICE: no validation fold before the window (the data lacks its days, a "
+            "fraud to learn from or both classes to test on)")
+    model = train_model(features_df, window.train_start,
+                        window.train_end + timedelta(days=1), feature_cols=cols, params=chosen)
+    _, test = window_split(features_df, window)
+    scores = model.predict(test)
+    test_days = test[TIME].dt.floor("D")
+    fold: dict[str, Any] = {"train": [str(window.train_start), str(window.train_end)],
+                            "test": [str(test_days.min().date()),
+                                     str(test_days.max().date())],
+                            "test_rows": len(test), "test_frauds": int(test[LABEL].sum()),
+                            **judge(test, scores)}
+    report: dict[str, Any] = {
+        "protocol": window.name, "window": window.describe(), "ours": _mean([fold]),
+        "published": {}, "target": None, "folds": [fold], "params": chosen, "features": cols,
+        "aggregation": "one test period: AUC ROC and AP over its rows, CP@100 per day then "
+                       "the mean of the days",
+        "selection": selection, "search": grid,
+        "seconds": round(time.perf_counter() - started, 1)}
+    if curves_dir is not None:
+        prefix = curves_prefix or f"custom-{window.test_start}-{window.test_end}"
+        report["curves"] = [str(p) for p in save_curves(
+            test[LABEL].to_numpy(dtype=np.float64), scores, curves_dir,
+            f"test {window.test_start}..{window.test_end}", prefix=prefix)]
+    return report
 
 
 # -- curves ------------------------------------------------------------------------------------

@@ -16,6 +16,16 @@ from streams.simulator.scenarios import scenario_names
 LOG_LEVELS = {"crit": 50, "error": 40, "warn": 30, "info": 20, "debug": 10}
 
 
+def iso_day(text: str) -> date:
+    """A YYYY-MM-DD date for argparse (which names the option in its error)."""
+    try:
+        if len(text) == 10 and text[4] == text[7] == "-":
+            return date.fromisoformat(text)
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"not a date YYYY-MM-DD: {text!r}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rakshit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -78,13 +88,23 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "Kafka, beside the published numbers")
     evaluate.add_argument("--data", type=Path, default=HANDBOOK_DIR,
                           help="a folder laid out like the handbook (raw/ with monthly Parquet)")
-    evaluate.add_argument("--protocol", choices=("chapter3", "chapter5"), default="chapter5")
+    evaluate.add_argument("--protocol", choices=("chapter3", "chapter5"), default=None,
+                          help="a handbook protocol (default chapter5 when no window is given)")
+    evaluate.add_argument("--train", nargs=2, type=iso_day, metavar=("START", "END"),
+                          help="custom window: training days, inclusive (YYYY-MM-DD)")
+    evaluate.add_argument("--test", nargs=2, type=iso_day, metavar=("START", "END"),
+                          help="custom window: test days, inclusive; after --train's end plus "
+                               "--delay-days")
+    evaluate.add_argument("--delay-days", type=int, default=None,
+                          help="custom window: days until a label is known (default 7, the "
+                               "handbook's)")
     evaluate.add_argument("--summary-json", type=Path, default=None)
     evaluate.add_argument("--curves", type=Path, default=Path("artifacts/curves"),
                           help="where the ROC and precision-recall PNGs go")
 
     bench = sub.add_parser("bench", help="benchmarks that print figures")
-    bench.add_argument("what", choices=("pipeline", "lane", "scoring", "healing", "state"))
+    bench.add_argument("what", choices=("pipeline", "lane", "scoring", "healing", "state",
+                                        "cost"))
     bench.add_argument("--transactions", type=int, default=20_000)
     bench.add_argument("--rounds", type=int, default=3)
     bench.add_argument("--workers", type=int, default=1,
@@ -99,6 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="healing: attempts/s per cell in the simulated healthy month")
     bench.add_argument("--only", default=None,
                        help="healing: one scenario kind (outage, latency, ..., healthy) or name")
+    bench.add_argument("--vcpu-hour-usd", type=float, default=None,
+                       help="cost: USD per vCPU-hour (default AWS Fargate on-demand, Linux/x86, "
+                            "us-east-1; printed with the figures)")
+    bench.add_argument("--gb-hour-usd", type=float, default=None,
+                       help="cost: USD per GB-hour of memory (default as --vcpu-hour-usd)")
     bench.add_argument("--summary-json", type=Path, default=None)
 
     api = sub.add_parser("api", help="the analysts' and SREs' HTTP API and live dashboard")
@@ -233,12 +258,19 @@ def main(argv: list[str] | None = None) -> int:
         return models_command(settings, args.action, args.version, args.share)
 
     if args.command == "evaluate":
-        from scoring.train import format_report
-        from streams.bench.evaluate import evaluate
+        from scoring.train import Window, format_report
+        from streams.bench.evaluate import check_window_data, evaluate, window_from_args
         from streams.broker import ensure_broker
 
+        try:
+            target = window_from_args(args.protocol, args.train, args.test, args.delay_days)
+            if isinstance(target, Window):
+                check_window_data(target, args.data)
+        except ValueError as exc:
+            print(f"rakshit evaluate: error: {exc}", file=sys.stderr)
+            return 2
         ensure_broker(settings)
-        result = evaluate(settings, args.data, args.protocol, args.summary_json, args.curves)
+        result = evaluate(settings, args.data, target, args.summary_json, args.curves)
         print(format_report(result))
         worst = max(result["parity_max_relative_error"].items(), key=lambda kv: kv[1])
         print(f"parity (streamed vs offline, {len(result['parity_max_relative_error'])} "
@@ -271,6 +303,18 @@ def main(argv: list[str] | None = None) -> int:
 
             result = bench_lane(settings, args.transactions)
             print(json.dumps(result, indent=2))
+        elif args.what == "cost":
+            from streams.bench.cost import bench_cost, prices
+
+            try:
+                vcpu, gb = prices(args.transactions, args.rounds, args.vcpu_hour_usd,
+                                  args.gb_hour_usd)
+            except ValueError as exc:
+                print(f"rakshit bench cost: error: {exc}", file=sys.stderr)
+                return 2
+            ensure_broker(settings)
+            result = bench_cost(settings, args.transactions, args.rounds, vcpu_hour_usd=vcpu,
+                                gb_hour_usd=gb, traffic=args.traffic)
         elif args.what == "state":
             from streams.bench.state import bench_state
 

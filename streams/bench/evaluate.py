@@ -9,6 +9,10 @@ reported: train/serve parity, measured on the whole replay.
 
 The replay starts 38 days before the first day the protocol reads (terminal windows reach 37
 days back), so every row it scores has its full history.
+
+A custom window (`--train START END --test START END [--delay-days N]`) is a protocol of one
+fold (``scoring.train.Window``) on any folder laid out like the handbook's; its dates are checked
+against the data before anything starts, so a wrong date fails in a second, naming its option.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import date, timedelta
 from pathlib import Path
@@ -29,7 +34,17 @@ from confluent_kafka import Consumer, TopicPartition
 from schemas.codec import make_codec
 from scoring import dataset
 from scoring import features as F
-from scoring.train import DELTA_DELAY, DELTA_TEST, DELTA_TRAIN, PROTOCOLS, score_protocol
+from scoring.train import (
+    DELTA_DELAY,
+    DELTA_TEST,
+    DELTA_TRAIN,
+    LABEL,
+    PROTOCOLS,
+    Window,
+    score_protocol,
+    score_window,
+    window_split,
+)
 from streams.admin import delete_run_topics, end_offsets, ensure_topics, free_port
 from streams.config import Settings
 from streams.launcher import start_worker, stop_process, wait_until_ready
@@ -48,6 +63,84 @@ LABEL_LEAD_S = 7 * 24 * 3600.0
 # terminal stage. Holding the backlog to this keeps the worker at its steady rate.
 MAX_IN_FLIGHT = 30_000
 STALL_S = 180.0
+
+
+def window_from_args(protocol: str | None, train: Sequence[date] | None,
+                     test: Sequence[date] | None, delay_days: int | None) -> str | Window:
+    """What `rakshit evaluate` was asked for: a protocol's name (chapter5 by default) or a
+    custom window; ValueError naming the option when the arguments cannot make one."""
+    if train is None and test is None:
+        if delay_days is not None:
+            raise ValueError("--delay-days applies to a custom window: give --train and --test")
+        return protocol or "chapter5"
+    if protocol is not None:
+        raise ValueError(f"--protocol {protocol} and --train/--test are exclusive: a window is "
+                         "a protocol of its own")
+    if train is None or test is None:
+        raise ValueError(f"{'--test' if train else '--train'} START END is missing: a custom "
+                         "window needs both --train and --test")
+    delay = DELTA_DELAY if delay_days is None else delay_days
+    if delay < 0:
+        raise ValueError(f"--delay-days must be 0 or more, not {delay}")
+    for option, (first, last) in (("--train", train), ("--test", test)):
+        if first > last:
+            raise ValueError(f"{option}: START {first} is after END {last}")
+    window = Window(train[0], train[1], test[0], test[1], delay)
+    if window.test_start < window.earliest_test_start:
+        raise ValueError(
+            f"--test: starts {window.test_start}, before the training period's labels are known "
+            f"(--train ends {window.train_end}, --delay-days {delay}): the test may start on "
+            f"{window.earliest_test_start} at the earliest")
+    return window
+
+
+def _days_text(days: Sequence[date]) -> str:
+    shown = ", ".join(str(d) for d in days[:3])
+    return shown + (f" and {len(days) - 3} more" if len(days) > 3 else "")
+
+
+def check_window_data(window: Window, data_dir: Path) -> Window | None:
+    """Check the window against the data under ``data_dir`` (raw/*.parquet): every day present,
+    frauds to learn from, both classes to test on. Returns the validation fold the search uses
+    (``Window.validation``) when the data holds it, else None; ValueError names the option."""
+    raw_dir = data_dir / "raw"
+    files = sorted(raw_dir.glob("*.parquet"))
+    if not files:
+        raise ValueError(f"--data: no raw/*.parquet under {data_dir} (a folder laid out like "
+                         "the handbook's)")
+    frame = pd.concat([pq.read_table(path, columns=["TX_DATETIME", "CUSTOMER_ID", LABEL])
+                       .to_pandas() for path in files], ignore_index=True)
+    present = set(frame["TX_DATETIME"].dt.date.unique())
+    held = f"{min(present)}..{max(present)}" if present else "no transactions"
+
+    def missing(fold: Window) -> dict[str, list[date]]:
+        return {option: [d for d in days if d not in present]
+                for option, days in (("--train", fold.train_days()),
+                                     ("--test", fold.test_days()))}
+
+    for option, absent in missing(window).items():
+        if absent:
+            raise ValueError(f"{option}: no transactions on {_days_text(absent)} in {raw_dir} "
+                             f"(it holds {held})")
+
+    def problem(fold: Window) -> str | None:
+        train, test = window_split(frame, fold)
+        if not train[LABEL].any():
+            return (f"--train: no fraud in {fold.train_start}..{fold.train_end} to learn "
+                    "from")
+        if test[LABEL].nunique() < 2:
+            return (f"--test: {fold.test_start}..{fold.test_end} needs frauds and genuine "
+                    "transactions once the cards known compromised are left out; it has "
+                    f"{int(test[LABEL].sum())} frauds in {len(test)} rows")
+        return None
+
+    trouble = problem(window)
+    if trouble:
+        raise ValueError(trouble)
+    validation = window.validation()
+    if any(missing(validation).values()) or problem(validation):
+        return None
+    return validation
 
 
 def protocol_window(protocol: str) -> tuple[date, date]:
@@ -162,12 +255,22 @@ def parity(streamed: pd.DataFrame, offline: pd.DataFrame, names: list[str]) -> d
     return out
 
 
-def evaluate(settings: Settings, data_dir: Path, protocol: str,
+def evaluate(settings: Settings, data_dir: Path, protocol: str | Window,
              summary_json: Path | None = None, curves_dir: Path | None = None,
              log: Any = print) -> dict[str, Any]:
-    first, last = protocol_window(protocol)
+    """``protocol`` is a handbook protocol's name or a custom ``Window`` (checked against the
+    data first: see ``check_window_data``)."""
+    validation: Window | None = None
+    if isinstance(protocol, Window):
+        validation = check_window_data(protocol, data_dir)
+        first, last = (validation or protocol).train_start, protocol.test_end
+        name = (f"window train {protocol.train_start}..{protocol.train_end}, test "
+                f"{protocol.test_start}..{protocol.test_end}")
+    else:
+        first, last = protocol_window(protocol)
+        name = protocol
     start = first - timedelta(days=HISTORY_DAYS)
-    log(f"{protocol}: replaying {start}..{last} through Kafka (features from {first})")
+    log(f"{name}: replaying {start}..{last} through Kafka (features from {first})")
     collector, replay = replay_and_collect(settings, data_dir / "raw", start, last, log)
 
     raw = _raw_rows(data_dir / "raw", first, last)
@@ -182,7 +285,10 @@ def evaluate(settings: Settings, data_dir: Path, protocol: str,
         "TRANSACTION_ID")
     offline = offline_all.loc[raw["TRANSACTION_ID"]].reset_index()
     gaps = parity(streamed, offline, names)
-    report = score_protocol(streamed, protocol, curves_dir=curves_dir)
+    if isinstance(protocol, Window):
+        report = score_window(streamed, protocol, validation=validation, curves_dir=curves_dir)
+    else:
+        report = score_protocol(streamed, protocol, curves_dir=curves_dir)
     report["features_from"] = "Kafka replay: features logged in the worker's verdicts"
     report["replay"] = {**replay, "from": str(start), "to": str(last)}
     report["parity_max_relative_error"] = gaps

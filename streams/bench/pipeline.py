@@ -151,8 +151,21 @@ def _one_run(base: Settings, records: list[tuple[bytes, bytes]], mode: str, tag:
                     wait_until_ready(member, proc)
         except RuntimeError as exc:
             raise RunFailed(f"{exc} (logs: {', '.join(logs)})") from exc
-        topic = topic_name(Topic.TRANSACTIONS, settings.topic_prefix)
-        decisions = _EndOffsets(settings, topic_name(Topic.DECISIONS, settings.topic_prefix))
+        return len(records) / backlog_decided(settings, records, procs, logs)
+    finally:
+        for proc in procs:
+            stop_process(proc)
+        delete_run_topics(settings)
+
+
+def backlog_decided(settings: Settings, records: list[tuple[bytes, bytes]],
+                    procs: Sequence[subprocess.Popen[bytes]], logs: Sequence[str]) -> float:
+    """Produce ``records`` as a backlog and wait until the decision topic holds as many; the
+    seconds from the first send to the last decision. RunFailed when a process dies or the
+    decisions stall."""
+    topic = topic_name(Topic.TRANSACTIONS, settings.topic_prefix)
+    decisions = _EndOffsets(settings, topic_name(Topic.DECISIONS, settings.topic_prefix))
+    try:
         producer = Producer({"bootstrap.servers": settings.bootstrap_servers, "linger.ms": 5,
                              "queue.buffering.max.messages": 1_000_000})
         started = time.monotonic()
@@ -161,26 +174,21 @@ def _one_run(base: Settings, records: list[tuple[bytes, bytes]], mode: str, tag:
         if producer.flush(60):
             raise RunFailed("the benchmark's own producer could not deliver the records")
         seen, progressed = 0, time.monotonic()
-        try:
-            while seen < len(records):
-                for proc, log in zip(procs, logs, strict=True):
-                    if proc.poll() is not None:
-                        raise RunFailed(f"a process exited with {proc.returncode} ({log})")
-                now_seen = decisions.total()
-                if now_seen > seen:
-                    seen, progressed = now_seen, time.monotonic()
-                elif time.monotonic() - progressed > STALL_S:
-                    raise RunFailed(f"stalled at {seen}/{len(records)} decisions for "
-                                    f"{STALL_S:.0f}s (logs: {', '.join(logs)})")
-                else:
-                    time.sleep(0.02)
-            return len(records) / (time.monotonic() - started)
-        finally:
-            decisions.close()
+        while seen < len(records):
+            for proc, log in zip(procs, logs, strict=True):
+                if proc.poll() is not None:
+                    raise RunFailed(f"a process exited with {proc.returncode} ({log})")
+            now_seen = decisions.total()
+            if now_seen > seen:
+                seen, progressed = now_seen, time.monotonic()
+            elif time.monotonic() - progressed > STALL_S:
+                raise RunFailed(f"stalled at {seen}/{len(records)} decisions for "
+                                f"{STALL_S:.0f}s (logs: {', '.join(logs)})")
+            else:
+                time.sleep(0.02)
+        return time.monotonic() - started
     finally:
-        for proc in procs:
-            stop_process(proc)
-        delete_run_topics(settings)
+        decisions.close()
 
 
 def _median(values: list[float]) -> float | None:

@@ -12,7 +12,7 @@ ARGS   ?=
 
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: setup demo test lint unit broker-stop clean
+.PHONY: setup demo test lint unit broker-stop clean postgresql
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Python 3.11+ is required (python3, python3.12 or python3.11)"; exit 1; }
@@ -35,10 +35,22 @@ $(CHROMIUM):
 	if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium; \
 	else sudo apt-get update -qq && sudo apt-get install -y -qq chromium; fi
 
-test: lint $(CHROMIUM)
+# The durable store's tests start Debian's PostgreSQL server themselves (tests/pg_server.py:
+# initdb into a temporary directory, a free loopback port, as the postgres user when run as
+# root); the package provides the server programs.
+postgresql:
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  echo "installing Debian's postgresql for the durable store's tests"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; \
+	  else sudo apt-get update -qq && \
+	    sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; fi; \
+	fi
+
+test: lint $(CHROMIUM) postgresql
 	$(BIN)/pytest $(ARGS)
 
-unit: setup
+unit: setup postgresql
 	$(BIN)/pytest -m "not kafka" $(ARGS)
 
 broker-stop: setup

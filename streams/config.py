@@ -43,6 +43,10 @@ class Settings:
     metrics_addr: str = "127.0.0.1"  # docker-compose sets 0.0.0.0 so Prometheus can scrape
     commit_interval_s: float = 1.0
 
+    # The API's durable store (streams.store): None is SQLite under home; postgresql://... for
+    # PostgreSQL.
+    database_url: str | None = None
+
     # Input validation: what counts as absurd.
     max_record_bytes: int = 64 * 1024
     max_amount: float = 1_000_000.0
@@ -62,6 +66,11 @@ class Settings:
     def features_cache(self) -> Path:
         """Where offline feature builds are cached (scoring.dataset keys them by content)."""
         return self.home / "features"
+
+    @property
+    def store_url(self) -> str:
+        """Where the API keeps verdicts, cases and disputes for lookups (RAKSHIT_DATABASE_URL)."""
+        return self.database_url or f"sqlite:///{self.home / 'store.sqlite3'}"
 
     @property
     def embedded(self) -> bool:
@@ -89,6 +98,8 @@ class Settings:
             env["KAFKA_BOOTSTRAP_SERVERS"] = self.external_bootstrap
         if self.schema_registry_url:
             env["SCHEMA_REGISTRY_URL"] = self.schema_registry_url
+        if self.database_url:
+            env["RAKSHIT_DATABASE_URL"] = self.database_url
         return env
 
     @classmethod
@@ -100,6 +111,7 @@ class Settings:
             kafka_version=_env("RAKSHIT_KAFKA_VERSION", "4.3.1"),
             home=Path(_env("RAKSHIT_HOME", str(REPO_ROOT / ".rakshit"))),
             schema_registry_url=os.environ.get("SCHEMA_REGISTRY_URL") or None,
+            database_url=os.environ.get("RAKSHIT_DATABASE_URL") or None,
             topic_prefix=_env("RAKSHIT_TOPIC_PREFIX", ""),
             default_partitions=int(_env("RAKSHIT_PARTITIONS", "6")),
             app_id=_env("RAKSHIT_APP_ID", "rakshit-worker"),

@@ -29,7 +29,7 @@ DASHBOARD_PROVIDERS = GRAFANA / "provisioning" / "dashboards" / "dashboards.yml"
 DASHBOARD = GRAFANA / "dashboards" / "rakshit.json"
 
 PROJECT_SERVICES = {"topics", "worker", "simulator", "api"}
-EXPECTED_SERVICES = {"kafka", *PROJECT_SERVICES, "prometheus", "grafana"}
+EXPECTED_SERVICES = {"kafka", *PROJECT_SERVICES, "postgres", "prometheus", "grafana"}
 
 # Every metric the worker exports (streams/worker/metrics.py), as Prometheus names.
 HISTOGRAM = "rakshit_verdict_latency_seconds"
@@ -328,6 +328,34 @@ def test_every_named_volume_is_declared(compose: dict[str, Any],
         for source, _ in _volume_mounts(svc):
             if not source.startswith((".", "/")):
                 assert source in named, f"{name}: volume {source!r} is not declared"
+
+
+# ---------------------------------------------------------------------------------------------
+# compose: the API's PostgreSQL store
+
+
+def test_the_api_uses_the_postgres_service_as_its_store(
+        compose: dict[str, Any], services: dict[str, dict[str, Any]]) -> None:
+    from urllib.parse import urlsplit
+
+    from streams.store import open_backend
+
+    postgres, api = services["postgres"], services["api"]
+    # The major release the store's tests run against (Debian's package: tests/pg_server.py).
+    assert postgres["image"] == "postgres:15"
+    db = _env(postgres)
+    url = _env(api)["RAKSHIT_DATABASE_URL"]
+    assert open_backend(url).name == "postgresql"
+    parts = urlsplit(url)
+    assert (parts.hostname, parts.port or 5432) == ("postgres", 5432)
+    assert (parts.username, parts.password, parts.path.lstrip("/")) == (
+        db["POSTGRES_USER"], db["POSTGRES_PASSWORD"], db["POSTGRES_DB"])
+    assert _depends_on(api)["postgres"] == "service_healthy"
+    check = " ".join(postgres["healthcheck"]["test"])
+    assert "pg_isready" in check and db["POSTGRES_USER"] in check
+    data = {src for src, dst in _volume_mounts(postgres) if dst == "/var/lib/postgresql/data"}
+    assert data and data <= set(compose.get("volumes") or {}), "the data dir is a named volume"
+    assert not postgres.get("ports"), "the database is reached from the compose network only"
 
 
 # ---------------------------------------------------------------------------------------------

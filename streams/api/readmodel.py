@@ -24,7 +24,8 @@ from agents.routing.outcomes import Outcome
 from scoring.drift import SCORE as SCORE_NAME
 from scoring.drift import Baseline, drift_report
 
-__all__ = ["HEALTH_WINDOWS", "SCHEMAS", "ReadModel", "feed", "jsonable", "to_datetime"]
+__all__ = ["HEALTH_WINDOWS", "SCHEMAS", "ReadModel", "case_row", "dispute_view", "feed",
+           "jsonable", "to_datetime"]
 
 Record = dict[str, Any]
 Event = dict[str, Any]
@@ -77,6 +78,22 @@ def _verdict_brief(v: Mapping[str, Any], top: int = 3) -> Record:
         "decided_by": v.get("decided_by", "worker"),
         "overrides_verdict_id": v.get("overrides_verdict_id"),
     }
+
+
+def dispute_view(command: Mapping[str, Any]) -> Record:
+    """What a person looks up about a filed dispute: a DISPUTE case command without the verdict
+    bytes it carries to the case agent (the verdict itself is looked up by transaction)."""
+    return {name: command.get(name) for name in ("command_id", "transaction_id", "actor",
+                                                  "reason", "requested_at")}
+
+
+def case_row(rec: Mapping[str, Any], now: datetime, first_seen: datetime | None) -> Record:
+    """A case as the queue shows it: due time, age since first seen (None if unknown) and
+    whether it is overdue."""
+    due = to_datetime(rec.get("due_at"))
+    return {**rec, "due_at": due,
+            "age_s": None if first_seen is None else (now - first_seen).total_seconds(),
+            "overdue": rec.get("status") != "RESOLVED" and due is not None and due <= now}
 
 
 class _Subscriber:
@@ -231,11 +248,14 @@ class ReadModel:
     def latest_verdict(self, transaction_id: str) -> Record | None:
         """The newest verdict on a payment still indexed (an override if there is one), as
         decoded; feature values are not kept here (they stay on the decision topic)."""
+        found = self.verdicts_of(transaction_id)
+        return found[0] if found else None
+
+    def verdicts_of(self, transaction_id: str) -> list[Record]:
+        """Every verdict on a payment still indexed, newest first."""
         with self._lock:
-            for rec in reversed(self._verdict_by_id.values()):
-                if rec.get("transaction_id") == transaction_id:
-                    return dict(rec)
-        return None
+            return [dict(rec) for rec in reversed(self._verdict_by_id.values())
+                    if rec.get("transaction_id") == transaction_id]
 
     def _case(self, rec: Record) -> Record | None:
         case_id = str(rec.get("case_id"))
@@ -326,11 +346,21 @@ class ReadModel:
                          "audit": audit})
 
     def _case_row(self, rec: Record, now: datetime) -> Record:
-        due = to_datetime(rec.get("due_at"))
-        first = self._first_seen.get(str(rec.get("case_id")))
-        return {**rec, "due_at": due,
-                "age_s": None if first is None else (now - first).total_seconds(),
-                "overdue": rec.get("status") != "RESOLVED" and due is not None and due <= now}
+        return case_row(rec, now, self._first_seen.get(str(rec.get("case_id"))))
+
+    def cases_of(self, transaction_id: str) -> list[Record]:
+        """The cases held for a payment (as decoded)."""
+        with self._lock:
+            return [dict(c) for c in self._cases.values()
+                    if c.get("transaction_id") == transaction_id]
+
+    def disputes(self, transaction_id: str | None = None, limit: int = 100) -> list[Record]:
+        """Disputes among the recent case commands, newest first (see dispute_view)."""
+        with self._lock:
+            rows = [dispute_view(c) for c in reversed(self._commands)
+                    if c.get("command") == "DISPUTE"
+                    and (transaction_id is None or c.get("transaction_id") == transaction_id)]
+        return rows[:limit]
 
     def verdicts(self, limit: int = 100) -> list[Record]:
         """The newest ``limit`` verdicts, newest first."""

@@ -11,6 +11,10 @@ attempt nobody was allowed to make is exactly what an auditor wants to see. Inva
 answered with a 400 naming the field: nothing a caller sends is silently ignored, unknown body
 fields and query parameters included.
 
+Lookups (a payment's verdicts, a case, disputes) go to the durable store through
+streams.api.lookup, with the read model as the cache when the store is down; while it is down the
+API is read-only: every command is answered 503, naming why, before anything is published.
+
 The route table below is the single source of both the router and the OpenAPI document, so the
 document cannot drift from what is served.
 """
@@ -22,6 +26,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -34,7 +39,9 @@ from aiohttp import web
 from agents.cases import MAX_WHITELIST, RESOLUTIONS, ROLES, SLA
 from schemas.codec import make_codec
 from schemas.pan import luhn_valid, redact_text
+from streams.api.lookup import Lookups
 from streams.api.readmodel import ReadModel, jsonable
+from streams.store import StoreUnavailable
 
 __all__ = ["Auth", "CommandSink", "Principal", "create_api", "openapi"]
 
@@ -47,6 +54,7 @@ DASHBOARD = Path(__file__).with_name("dashboard.html")
 CASE_STATUSES = ("OPEN", "CLAIMED", "RESOLVED")
 MAX_REASON = 2_000
 MAX_LIMIT = 2_000
+MAX_ID = 200
 _ACTIONS = {"claim": "CLAIM", "release": "RELEASE", "resolve": "RESOLVE",
             "whitelist": "WHITELIST"}
 
@@ -142,6 +150,9 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         return await handler(request)
     except ApiError as exc:
         return exc.response()
+    except StoreUnavailable as exc:  # lookups fall back to the cache; this is the safety net
+        return ApiError(503, "STORE_UNAVAILABLE", f"the store is unavailable ({exc}); retry"
+                        ).response()
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -202,7 +213,22 @@ ROUTES: tuple[_Route, ...] = (
     _Route("POST", "/api/disputes", "disputes", "analyst",
            "File a customer's dispute of a declined payment: opens (or reopens) its case",
            body="DisputeBody", ok=_COMMAND_OK,
-           extra={404: "No recent verdict for that transaction"}),
+           extra={404: "No verdict for that transaction within the decision topic's "
+                       "retention"}),
+    _Route("GET", "/api/disputes", "dispute_list", "viewer",
+           "Disputes filed, newest first, each with its payment's case",
+           query=(_Param("transaction_id", {"type": "string", "minLength": 1,
+                                            "maxLength": MAX_ID}, "Of this payment only."),
+                  _LIMIT),
+           ok=(200, "Disputes and where they were read from", _ref("Disputes"))),
+    _Route("GET", "/api/verdicts/{transaction_id}", "verdict", "viewer",
+           "A payment's verdict that stands and every verdict on it, newest first, from the "
+           "store (from the recent window while the store is down)",
+           ok=(200, "Verdicts and where they were read from", _ref("PaymentVerdicts")),
+           extra={400: "Invalid transaction id", 404: "No verdict for that transaction"}),
+    _Route("GET", "/api/store", "store", "viewer",
+           "The durable store: which one, whether commands are accepted (read-only mode when "
+           "not) and how many records of its topics it has yet to write"),
     _Route("GET", "/api/hypotheses", "hypotheses", "viewer", "Open hypotheses",
            query=(_Param("all", {"type": "string", "enum": ["0", "1", "true", "false"]},
                          "Also the recent ones, resolved included."),)),
@@ -231,6 +257,17 @@ _COMPONENTS: Record = {
             "type": "object", "required": ["code", "message"], "properties": {
                 "code": {"type": "string"}, "message": {"type": "string"},
                 "field": {"type": "string"}}}}},
+        "Source": {"type": "string", "enum": ["store", "cache"],
+                   "description": "store: the durable store; cache: the API's recent window "
+                                  "(the store is down or has not written it yet)"},
+        "PaymentVerdicts": {"type": "object",
+                            "required": ["transaction_id", "source", "verdict", "history"],
+                            "properties": {"transaction_id": {"type": "string"},
+                                           "source": _ref("Source"),
+                                           "verdict": {"type": "object"},
+                                           "history": _ARRAY}},
+        "Disputes": {"type": "object", "required": ["source", "disputes"],
+                     "properties": {"source": _ref("Source"), "disputes": _ARRAY}},
         "Accepted": {"type": "object", "required": ["command_id"],
                      "properties": {"command_id": {"type": "string"}}},
         "CaseBody": {"type": "object", "required": ["reason"], "additionalProperties": False,
@@ -268,8 +305,8 @@ def openapi() -> Record:
                                                   "content": {media: {"schema": schema}}}}}
         params = [{"name": p.name, "in": "query", "required": False, "schema": p.schema,
                    "description": p.description} for p in r.query]
-        if "{case_id}" in r.path:
-            params.insert(0, {"name": "case_id", "in": "path", "required": True,
+        for name in re.findall(r"\{(\w+)\}", r.path):
+            params.insert(0, {"name": name, "in": "path", "required": True,
                               "schema": {"type": "string"}})
         if params:
             op["parameters"] = params
@@ -286,7 +323,8 @@ def openapi() -> Record:
             if r.role != "viewer":
                 codes[403] = f"Needs role {r.role} or above (audited)"
         if r.body is not None:
-            codes[503] = "The command could not be published; retry"
+            codes[503] = ("Read-only mode (the store is down) or the command could not be "
+                          "published; the message says which. Retry")
         for code, desc in sorted(codes.items()):
             op["responses"][str(code)] = {"description": desc, **error}
         paths.setdefault(r.path, {})[r.method.lower()] = op
@@ -345,6 +383,14 @@ def _int_query(request: web.Request, name: str, allowed: Any, default: int | Non
     return value
 
 
+def _transaction_id(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise _invalid("transaction_id", "required: the payment's transaction id")
+    if len(value.strip()) > MAX_ID:
+        raise _invalid("transaction_id", f"at most {MAX_ID} characters")
+    return value.strip()
+
+
 def _audit_id(fields: Mapping[str, Any]) -> str:
     blob = json.dumps(fields, sort_keys=True, default=str).encode()
     return "aud-" + hashlib.sha256(blob).hexdigest()[:20]
@@ -354,8 +400,9 @@ def _audit_id(fields: Mapping[str, Any]) -> str:
 
 class _Api:
     def __init__(self, model: ReadModel, sink: CommandSink, auth: Auth,
-                 clock: Callable[[], datetime], heartbeat_s: float) -> None:
-        self.model, self.sink, self.auth = model, sink, auth
+                 clock: Callable[[], datetime], heartbeat_s: float,
+                 lookups: Lookups) -> None:
+        self.model, self.sink, self.auth, self.lookups = model, sink, auth, lookups
         self.clock, self.heartbeat_s = clock, heartbeat_s
         self.streams: set[asyncio.Queue[dict[str, Any]]] = set()
         self.page_bytes = DASHBOARD.read_bytes()
@@ -416,7 +463,21 @@ class _Api:
 
     # -- writes
 
-    async def _publish(self, request: web.Request, kind: str, **fields: Any) -> web.Response:
+    async def _writable(self) -> None:
+        """The read-only mode: refuse commands while the store cannot be written."""
+        reason = await self.lookups.refusal()
+        if reason is not None:
+            raise ApiError(503, "READ_ONLY",
+                           f"read-only mode: the store is unavailable ({reason}); commands are "
+                           "refused until it is back, so retry later. Nothing is lost: the "
+                           "store catches up from the topics, and lookups answer from the "
+                           "recent window meanwhile")
+
+    async def _publish(self, request: web.Request, kind: str, checked: bool = False,
+                       **fields: Any) -> web.Response:
+        """Publish a command once the store can be written (``checked``: already asked)."""
+        if not checked:
+            await self._writable()
         who = request[_PRINCIPAL]
         record = {"command_id": uuid.uuid4().hex, "command": kind, "actor": who.user,
                   "role": who.role.upper(), "reason": None, "case_id": None,
@@ -479,18 +540,20 @@ class _Api:
         """The customer's channel (an agent on the phone, a form) files the dispute; the case
         agent opens or reopens the case with a deadline and tells the customer it arrived."""
         body = await _body(request, {"transaction_id", "reason"})
-        tx_id = body.get("transaction_id")
-        if not isinstance(tx_id, str) or not tx_id.strip():
-            raise _invalid("transaction_id", "required: the disputed payment's transaction id")
+        tx_id = _transaction_id(body.get("transaction_id"))
         reason = _reason(body)
-        verdict = self.model.latest_verdict(tx_id.strip())
-        if verdict is None:
-            raise ApiError(404, "NOT_FOUND", f"no recent verdict for transaction {tx_id!r}")
+        # Before the lookup: with the store down, an old verdict is not "not found" but "retry".
+        await self._writable()
+        found, _ = await self.lookups.verdicts(tx_id)
+        if not found:
+            raise ApiError(404, "NOT_FOUND", f"no verdict for transaction {tx_id!r} within the "
+                                             "decision topic's retention")
+        verdict = found[0]
         if verdict.get("decision") != "DECLINE":
             raise _invalid("transaction_id", "only a declined payment can be disputed "
                                              f"(this one is {verdict.get('decision')})")
         raw = self.codec.encode("verdict", verdict, topic="verdicts")
-        return await self._publish(request, "DISPUTE", transaction_id=tx_id.strip(),
+        return await self._publish(request, "DISPUTE", checked=True, transaction_id=tx_id,
                                    verdict=raw, reason=reason)
 
     # -- reads
@@ -514,10 +577,28 @@ class _Api:
 
     async def case(self, request: web.Request) -> web.Response:
         case_id = request.match_info["case_id"]
-        found = self.model.case(case_id, self.clock())
+        found, source = await self.lookups.case(case_id, self.clock())
         if found is None:
-            raise ApiError(404, "NOT_FOUND", f"case {case_id} is not in the read model")
-        return web.json_response(found)
+            raise ApiError(404, "NOT_FOUND", f"no case {case_id}")
+        return web.json_response({**found, "source": source})
+
+    async def verdict(self, request: web.Request) -> web.Response:
+        tx_id = _transaction_id(request.match_info["transaction_id"])
+        history, source = await self.lookups.verdicts(tx_id)
+        if not history:
+            raise ApiError(404, "NOT_FOUND", f"no verdict for transaction {tx_id!r}")
+        return web.json_response(jsonable({"transaction_id": tx_id, "source": source,
+                                           "verdict": history[0], "history": history}))
+
+    async def dispute_list(self, request: web.Request) -> web.Response:
+        raw = request.query.get("transaction_id")
+        tx_id = None if raw is None else _transaction_id(raw)
+        limit = _int_query(request, "limit", range(1, MAX_LIMIT + 1), 100) or 100
+        rows, source = await self.lookups.disputes(tx_id, limit)
+        return web.json_response(jsonable({"source": source, "disputes": rows}))
+
+    async def store(self, request: web.Request) -> web.Response:
+        return web.json_response(jsonable(await self.lookups.status()))
 
     async def hypotheses(self, request: web.Request) -> web.Response:
         flag = request.query.get("all", "0")
@@ -581,10 +662,14 @@ class _Api:
 
 
 def create_api(model: ReadModel, sink: CommandSink, auth: Auth, *,
+               lookups: Lookups | None = None,
                clock: Callable[[], datetime] | None = None,
                heartbeat_s: float = 15.0) -> web.Application:
-    """The aiohttp application; ``clock`` (aware UTC datetimes) is for tests."""
-    api = _Api(model, sink, auth, clock or (lambda: datetime.now(UTC)), heartbeat_s)
+    """The aiohttp application. ``lookups`` joins the durable store to the read model (without
+    it the read model answers alone and commands are never refused for the store's sake);
+    ``clock`` (aware UTC datetimes) is for tests."""
+    api = _Api(model, sink, auth, clock or (lambda: datetime.now(UTC)), heartbeat_s,
+               lookups or Lookups(model))
     app = web.Application(middlewares=[_errors])
     for route in ROUTES:
         app.router.add_route(route.method, route.path, api.wrap(route))

@@ -1,10 +1,12 @@
 """`rakshit api`: the analysts' and SREs' HTTP API and live page, fed from Kafka.
 
-The API holds no state of its own. A consumer thread reads the topics people look at into the
-read model (streams.api.readmodel), and commands go back through Kafka to the worker's case
-agent, the only writer of case state. Restarting the API loses nothing: it reads the compacted cases
-and policies from the start, and the recent verdicts, outcomes and audit from a window before the
-end.
+The topics are the source of truth. A consumer thread reads the topics people look at into the
+read model (streams.api.readmodel), a window before the end; a second one writes verdicts, cases
+and disputes into the durable store (streams.api.store_feed) from where the store left off; and
+commands go back through Kafka to the worker's case agent, the only writer of case state.
+Restarting the API loses nothing: the read model reads the compacted cases and policies from the
+start and the recent verdicts, outcomes and audit again, and the store resumes from the positions
+it committed.
 """
 
 from __future__ import annotations
@@ -23,9 +25,12 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 
 from schemas.codec import make_codec
 from streams.admin import end_offsets
+from streams.api.lookup import Lookups
 from streams.api.readmodel import ReadModel
 from streams.api.routes import Auth, create_api
+from streams.api.store_feed import StoreFeed
 from streams.config import Settings
+from streams.store import open_store
 from streams.topics import SPECS, Topic, topic_name
 
 log = logging.getLogger(__name__)
@@ -167,7 +172,12 @@ async def serve(settings: Settings, host: str, port: int, auth: Auth,
     model = ReadModel(models=models, baselines=baselines)
     feed = KafkaFeed(settings, model, loop)
     feed.start()
-    runner = web.AppRunner(create_api(model, KafkaSink(settings), auth))
+    store = open_store(settings.store_url)
+    store_feed = StoreFeed(settings, store)
+    store_feed.start()
+    log.info("durable store: %s at %s", store.name, store.where)
+    lookups = Lookups(model, store, store_feed)
+    runner = web.AppRunner(create_api(model, KafkaSink(settings), auth, lookups=lookups))
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     log.info("API and dashboard on http://%s:%d/", host, port)
@@ -177,7 +187,10 @@ async def serve(settings: Settings, host: str, port: int, auth: Auth,
         await asyncio.Event().wait()
     finally:
         feed.stop.set()
+        store_feed.stop.set()
         await runner.cleanup()
+        store_feed.join(timeout=5)
+        store.close()
 
 
 def run_api(settings: Settings, host: str, port: int, tokens: Path | None) -> None:

@@ -1,5 +1,6 @@
 """The fraud-analyst case book: REVIEW verdicts and customer disputes become cases that analysts
-claim, release and resolve; resolutions become override verdicts, labels and notifications.
+claim, release and resolve; resolutions become override verdicts, labels and notifications, and
+whitelistings become records the fraud lanes decide with (they cannot read this book).
 
 Plain Python with no Kafka or Faust: state lives in a ``MutableMapping[str, dict]`` handed in (a
 Faust table in the worker, a dict in tests) holding JSON values only, and every entry is written
@@ -8,10 +9,12 @@ worker is the single writer, so commands are applied in log order: when two anal
 case, the second one in the log loses, whatever the wall clocks said.
 
 Methods never perform I/O. Each returns a :class:`CaseResult` listing what to publish (case,
-verdict, label, audit and notification records, shaped exactly like their Avro schemas, times as
-UTC datetimes). A refused command changes nothing, but is *not* silent: its result carries a
-:class:`CaseError` (``raise_for_refusal`` raises it) and an audit record of the refusal, so the
-API can both answer the analyst and publish the attempt for the auditors.
+whitelisting, verdict, label, audit and notification records, shaped exactly like their Avro
+schemas, times as UTC datetimes). A label names the transaction's terminal (copied from the
+verdict), so an analyst's finding counts towards the terminal's risk as an issuer's does. A
+refused command changes nothing, but is *not* silent: its result carries a :class:`CaseError`
+(``raise_for_refusal`` raises it) and an audit record of the refusal, so the API can both answer
+the analyst and publish the attempt for the auditors.
 
 Free text (analysts' reasons, customers' dispute wording) is passed through ``redact_text``: a
 customer who types their card number into a dispute must not put it on a topic.
@@ -99,6 +102,7 @@ class CaseResult:
     """What one call produced, to be published by the caller (the book does no I/O)."""
 
     cases: tuple[Record, ...] = ()
+    whitelists: tuple[Record, ...] = ()
     verdicts: tuple[Record, ...] = ()
     labels: tuple[Record, ...] = ()
     audits: tuple[Record, ...] = ()
@@ -115,7 +119,8 @@ class CaseResult:
 
     def records(self) -> builtins.list[tuple[str, Record]]:
         """(schema name, record) pairs in publishing order: state first, then what it caused."""
-        groups = (("case", self.cases), ("verdict", self.verdicts), ("label", self.labels),
+        groups = (("case", self.cases), ("whitelist", self.whitelists),
+                  ("verdict", self.verdicts), ("label", self.labels),
                   ("notification", self.notifications), ("audit", self.audits))
         return [(name, rec) for name, recs in groups for rec in recs]
 
@@ -368,7 +373,10 @@ class CaseBook:
 
     def whitelist(self, card_token: str, actor: str, role: str, until: datetime, reason: str,
                   now: datetime) -> CaseResult:
-        """Trust a card until ``until`` (at most MAX_WHITELIST ahead); consult is_whitelisted."""
+        """Trust a card from ``now`` until ``until`` (at most MAX_WHITELIST ahead).
+
+        The result's ``whitelists`` record is what the fraud lanes decide with (published to the
+        compacted whitelist topic); ``is_whitelisted`` answers from this book."""
         ctx = _Ctx(actor, _audit_role(role), "WHITELIST", _clean(reason), now)
         scope: dict[str, Any] = {"card_token": card_token, "whitelist_until": until}
         if role not in _WRITERS:
@@ -381,7 +389,9 @@ class CaseBook:
         self._store[f"wl:{card_token}"] = {"until": _ms(until), "actor": actor,
                                            "reason": ctx.reason, "at": _ms(now)}
         audit = self._audit(ctx, detail=f"card whitelisted until {until.isoformat()}", **scope)
-        return CaseResult(audits=(audit,))
+        record = {"card_token": card_token, "since": now, "until": until, "actor": actor,
+                  "reason": ctx.reason}
+        return CaseResult(whitelists=(record,), audits=(audit,))
 
     def apply(self, command: Mapping[str, Any], now: datetime) -> CaseResult:
         """Apply a ``case_command`` record (what the API publishes for the worker)."""
@@ -568,7 +578,8 @@ class CaseBook:
         labels: tuple[Record, ...] = ()
         if resolution in _LABELS:
             labels = ({"transaction_id": original["transaction_id"],
-                       "card_token": original["card_token"], "terminal_id": None,
+                       "card_token": original["card_token"],
+                       "terminal_id": original.get("terminal_id"),
                        "label": _LABELS[resolution], "fraud_scenario": None,
                        "transaction_time": original["transaction_time"], "known_at": ctx.now,
                        "source": "ANALYST"},)

@@ -1,8 +1,8 @@
 """Every topic the system uses, in one list.
 
 Name, partitions, retention and cleanup policy live here and nowhere else; `rakshit topics --create`
-and the worker both read this table. Topics that hold state (routing policy, cases) are compacted so
-a new reader rebuilds the current state from the topic alone.
+and the worker both read this table. Topics that hold state (routing policy, cases, whitelist)
+are compacted so a new reader rebuilds the current state from the topic alone.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ class Topic(StrEnum):
     EXPERIMENTS = "experiments"
     ROUTING_POLICY = "routing-policy"
     CASES = "cases"
+    WHITELIST = "whitelist"
     DEAD_LETTERS = "dead-letters"
     SCORING = "scoring-by-terminal"
     ROUTE_OUTCOMES = "route-outcomes"
@@ -68,6 +69,11 @@ TOPICS: tuple[TopicSpec, ...] = (
               "Current route weights per issuer; gateways follow it."),
     TopicSpec(Topic.CASES, "case", "case_id", None, -1, True,
               "Fraud-analyst cases, latest state per case."),
+    # Read whole by every fraud lane (streams.worker.whitelist): decisions are made by terminal
+    # partition, so any lane may decide any card. One partition, since nobody reads a share of
+    # it, and one writer (the case agent) puts whitelistings in one order.
+    TopicSpec(Topic.WHITELIST, "whitelist", "card_token", 1, -1, True,
+              "Whitelisted cards, latest whitelisting per card; every fraud lane reads all of it."),
     TopicSpec(Topic.DEAD_LETTERS, "dead_letter", "source", 1, 30 * DAY_MS, False,
               "Records that could not be processed: original bytes (card data redacted), reason.",
               # Room for any record the input topics accept (1 MiB) plus the dead-letter envelope.

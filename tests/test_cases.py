@@ -26,6 +26,7 @@ def verdict(n: int = 1, decision: str = "REVIEW", score: float = 0.72, amount: f
         "verdict_id": f"v-{n}",
         "transaction_id": f"tx-{n}",
         "card_token": f"tok_{n:04x}",
+        "terminal_id": f"term-{n}",
         "decision": decision,
         "score": score,
         "model_version": "lgbm-2025-03-01",
@@ -162,6 +163,8 @@ def test_confirmed_fraud_publishes_linked_override_label_audit_and_notice(book: 
     assert (label["label"], label["source"], label["transaction_id"]) == ("FRAUD", "ANALYST",
                                                                           "tx-7")
     assert label["known_at"] == later
+    # The terminal, from the verdict: the fraud lane counts it in that terminal's risk.
+    assert label["terminal_id"] == "term-7"
     assert (audit["action"], audit["outcome"], audit["actor"]) == ("RESOLVE", "ACCEPTED", "ana")
     assert (audit["status_before"], audit["status_after"], audit["case_version"]) == (
         "CLAIMED", "RESOLVED", 3)
@@ -180,6 +183,7 @@ def test_notification_only_when_the_outcome_changes(book: CaseBook) -> None:
                                     T0))
     assert approved.notifications == ()
     assert approved.labels[0]["label"] == "GENUINE"
+    assert approved.labels[0]["terminal_id"] == "term-1"
     assert approved.verdicts[0]["decision"] == "APPROVE"
     # declining a reviewed payment does change it
     case_id = claimed(book, verdict(2))
@@ -317,10 +321,21 @@ def test_only_declines_are_disputable(book: CaseBook) -> None:
 # -- whitelist and commands -----------------------------------------------------------------------
 
 
+def test_a_verdict_from_before_terminal_ids_makes_a_label_without_one(book: CaseBook) -> None:
+    old = {k: v for k, v in verdict(3).items() if k != "terminal_id"}  # a v1.2 verdict's form
+    case_id = claimed(book, old)
+    result = encodes(book.resolve(case_id, "ana", "analyst", "CONFIRMED_FRAUD", "denied", T0))
+    assert result.labels[0]["terminal_id"] is None  # the lane counts it as without a terminal
+
+
 def test_whitelist_expires(book: CaseBook) -> None:
     until = T0 + timedelta(days=3)
     result = encodes(book.whitelist("tok_0001", "ana", "analyst", until, "travelling", T0))
     assert result.audits[0]["whitelist_until"] == until
+    # What the fraud lanes decide with, published before the audit record.
+    assert result.whitelists == ({"card_token": "tok_0001", "since": T0, "until": until,
+                                  "actor": "ana", "reason": "travelling"},)
+    assert [schema for schema, _ in result.records()] == ["whitelist", "audit"]
     assert book.is_whitelisted("tok_0001", T0 + timedelta(days=2))
     assert not book.is_whitelisted("tok_0001", until)
     assert not book.is_whitelisted("tok_0002", T0)
@@ -329,6 +344,7 @@ def test_whitelist_expires(book: CaseBook) -> None:
     forever = encodes(book.whitelist("tok_0003", "ana", "analyst", T0 + timedelta(days=400),
                                      "vip", T0))
     assert forever.error is not None and forever.error.code == "INVALID"
+    assert viewer.whitelists == forever.whitelists == ()  # a refusal publishes no whitelisting
     assert not book.is_whitelisted("tok_0003", T0)
 
 

@@ -70,6 +70,19 @@ def test_a_review_verdict_opens_a_case_that_analysts_resolve_in_log_order() -> N
     assert override["decided_by"] == "alice" and override["decision"] == "DECLINE"
     label = next(r for t, r in done if t.endswith(".labels"))
     assert label["label"] == "FRAUD" and label["transaction_id"] == verdict["transaction_id"]
+    # The verdict's terminal survives the trip through the OPEN command's Avro bytes.
+    assert label["terminal_id"] == verdict["terminal_id"] == "term-0042"
+
+
+def test_a_whitelisting_is_published_keyed_by_card_for_the_fraud_lanes() -> None:
+    stage = CaseStage(CODEC, "t.")
+    until = T0 + timedelta(days=7)
+    outs = stage.on_command(command("WHITELIST", "alice", "ANALYST", "", T0,
+                                    card_token="tok_9f2c1ab7", until=until))
+    (out,) = [o for o in outs if o.topic == topic_name(Topic.WHITELIST, "t.")]
+    assert out.key == b"tok_9f2c1ab7"  # compacted: the latest whitelisting per card is in force
+    record = CODEC.decode(out.value, topic=out.topic, expect="whitelist").record
+    assert (record["actor"], record["since"], record["until"]) == ("alice", T0, until)
 
 
 def test_a_viewer_cannot_resolve_and_the_attempt_is_audited() -> None:

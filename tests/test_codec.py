@@ -83,6 +83,7 @@ RECORDS: dict[str, Callable[[], dict[str, Any]]] = {
         "verdict_id": "v-88",
         "transaction_id": "txn-000017",
         "card_token": "tok_9f2c1ab7",
+        "terminal_id": "term-0042",
         "decision": "REVIEW",
         "score": 0.731,
         "model_version": "lgbm-2025-03-01+rules-14",
@@ -229,6 +230,13 @@ RECORDS: dict[str, Callable[[], dict[str, Any]]] = {
         "case_id": "case-v-88",
         "verdict_id": "case-v-88-v5",
         "created_at": T0 + timedelta(minutes=14),
+    },
+    "whitelist": lambda: {
+        "card_token": "tok_9f2c1ab7",
+        "since": T0 + timedelta(minutes=20),
+        "until": T0 + timedelta(days=14),
+        "actor": "analyst-17",
+        "reason": "cardholder travelling; confirmed by phone",
     },
     "case_command": lambda: {
         "command_id": "cmd-2025-03-14-0042",
@@ -767,6 +775,25 @@ def test_arbitrary_json_decodes_or_names_a_field(fields: dict[str, Any]) -> None
         return
     # whatever JSON produced must be a record the Avro encoder accepts as-is
     assert FUZZ_CODECS[0].encode("transaction", record.record, topic=TOPIC)
+
+
+def test_a_verdict_written_before_terminal_id_existed_reads_with_none() -> None:
+    """Verdicts of v1.2 (schemas/history) sit in the decision topic and in case commands: the
+    case agent reads them, so their labels say "no terminal" rather than failing."""
+    from schemas.codec import HISTORY_DIR
+
+    old = json.loads((HISTORY_DIR / "verdict.v1.2.avsc").read_text())
+    assert "terminal_id" not in {f["name"] for f in old["fields"]}
+    parsed = fastavro.parse_schema(old)
+    body = io.BytesIO()
+    record = {k: v for k, v in RECORDS["verdict"]().items() if k != "terminal_id"}
+    fastavro.schemaless_writer(body, parsed, record)
+    canonical = fastavro.schema.to_parsing_canonical_form(parsed)
+    fingerprint = bytes.fromhex(fastavro.schema.fingerprint(canonical, "CRC-64-AVRO"))
+    decoded = make_codec(None).decode(b"\xc3\x01" + fingerprint + body.getvalue(), topic="d",
+                                      expect="verdict").record
+    assert decoded["terminal_id"] is None
+    assert {k: v for k, v in decoded.items() if k != "terminal_id"} == record
 
 
 def test_records_written_with_a_superseded_version_stay_readable() -> None:

@@ -269,3 +269,24 @@ def test_the_codec_serves_repo_records_from_the_compiled_code(
     monkeypatch.setattr(codec_module, "schemaless_reader", refuse)
     data = codec.encode("outcome_batch", record, topic="t")
     assert codec.decode(data, topic="t", expect="outcome_batch").record == record
+
+
+@pytest.mark.parametrize("terminal", ["term-0042", None, "left out"])
+def test_a_verdict_with_or_without_its_terminal_as_fastavro_writes_it(terminal: str | None
+                                                                      ) -> None:
+    """The terminal id added in verdict v1.3 is optional: set, null, or left out by code that
+    predates it (the compiled writer takes the default, as fastavro does)."""
+    from tests.test_codec import RECORDS
+
+    schema = SCHEMAS["verdict"]
+    assert schema.write is not None and schema.read is not None
+    record = RECORDS["verdict"]()
+    if terminal == "left out":
+        del record["terminal_id"]
+    else:
+        record["terminal_id"] = terminal
+    reference = _fastavro_bytes("verdict", record)
+    assert schema.write(record) == reference
+    got, _ = schema.read(reference, 0)
+    assert got["terminal_id"] == (None if terminal == "left out" else terminal)
+    assert got == _fastavro_record("verdict", reference)

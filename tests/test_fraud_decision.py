@@ -1,5 +1,5 @@
 """The decision agent (agents/fraud/decision.py): adaptive thresholds within their bounds, low
-confidence, policy over score, and customer messages that reveal nothing."""
+confidence, policy over score, whitelisted cards, and customer messages that reveal nothing."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from agents.fraud.decision import (
     RULES_ONLY_VERSION,
     Confidence,
     Thresholds,
+    Whitelisting,
     adapt_thresholds,
     assess_confidence,
     decide_rules_only,
@@ -79,6 +80,37 @@ def test_policy_and_guardrails_act_whatever_the_score() -> None:
     assert decide_verdict(0.0, [review], T, SURE).decision == "REVIEW"
     assert decide_verdict(0.0, [], T, SURE, guardrail_action="block").decision == "DECLINE"
     assert decide_verdict(0.0, [], T, SURE, guardrail_action="review").decision == "REVIEW"
+
+
+TRUSTED = Whitelisting("ana", 0, 4_102_444_800_000)  # until 2100
+
+
+def test_a_whitelisting_waives_the_models_review_and_nothing_else() -> None:
+    review = RuleHit("R-R", "y", "review", 0.6)
+    decline = RuleHit("R-D", "x", "decline", 0.95)
+    waived = decide_verdict(0.6, [], T, SURE, whitelist=TRUSTED)
+    assert waived.decision == "APPROVE" and waived.whitelisted == TRUSTED
+    assert waived.why[0].startswith("card whitelisted by ana until ")
+    assert waived.customer_message == CUSTOMER_MESSAGES["APPROVE"]
+    assert decide_verdict(0.3, [], T, UNSURE, whitelist=TRUSTED).decision == "APPROVE"
+    # What policy, guardrails or a decline-level score ask for stands, and says nothing of it.
+    stands = [
+        (decide_verdict(0.6, [review], T, SURE, whitelist=TRUSTED), "REVIEW"),
+        (decide_verdict(0.6, [], T, SURE, "review", whitelist=TRUSTED), "REVIEW"),
+        (decide_verdict(0.93, [], T, UNSURE, whitelist=TRUSTED), "REVIEW"),  # would decline
+        (decide_verdict(0.93, [], T, SURE, whitelist=TRUSTED), "DECLINE"),
+        (decide_verdict(0.0, [decline], T, SURE, whitelist=TRUSTED), "DECLINE"),
+        (decide_verdict(0.0, [], T, SURE, "block", whitelist=TRUSTED), "DECLINE"),
+        (decide_verdict(0.1, [], T, SURE, whitelist=TRUSTED), "APPROVE"),
+    ]
+    for record, decision in stands:
+        assert (record.decision, record.whitelisted) == (decision, None)
+
+
+def test_a_whitelisting_applies_from_since_until_its_end() -> None:
+    window = Whitelisting("ana", 1_000, 2_000)
+    assert [window.applies(t) for t in (999, 1_000, 1_999, 2_000)] == [False, True, True, False]
+    assert window.describe() == "card whitelisted by ana until 1970-01-01T00:00:02+00:00"
 
 
 def test_customer_messages_carry_no_scores_rules_or_features() -> None:

@@ -49,3 +49,13 @@ def test_false_positive_rate_needs_enough_feedback_and_counts_flagged_only() -> 
     assert ev.false_positive_rate is None
     ev.record_feedback("DECLINE", is_fraud=False)
     assert ev.false_positive_rate == pytest.approx(7 / 10)
+    assert ev.feedback_recorded == 10  # the worker's rakshit_evaluator_feedback gauge
+
+
+def test_labels_and_findings_are_counted_beyond_the_windows() -> None:
+    ev = Evaluator(metrics_window=3, feedback_window=2)
+    for i in range(5):
+        ev.record_label(0.1 * i, is_fraud=i % 2 == 0)
+        ev.record_feedback("REVIEW", is_fraud=False)
+    assert (ev.labels_recorded, ev.metrics().n) == (5, 3)
+    assert ev.feedback_recorded == 5

@@ -13,11 +13,16 @@ from typing import Any
 import lightgbm as lgb
 import pytest
 
-from agents.fraud.decision import CUSTOMER_MESSAGES, RULES_ONLY_VERSION, ThresholdConfig
+from agents.fraud.decision import (
+    CUSTOMER_MESSAGES,
+    RULES_ONLY_VERSION,
+    ThresholdConfig,
+    Whitelisting,
+)
 from agents.fraud.evaluator import Evaluator
 from agents.fraud.executor import CLOSED, OPEN, BreakerConfig, CircuitBreaker, Executor
 from agents.fraud.guardrail import Guardrail
-from agents.fraud.pipeline import DecisionPipeline
+from agents.fraud.pipeline import WHITELIST_RULE, DecisionPipeline
 from agents.fraud.planner import ExperimentSplit, Planner, bucket
 from agents.fraud.risk_scorer import BoosterScorer
 from schemas.codec import make_codec
@@ -204,6 +209,50 @@ def test_aml_hits_block_or_send_to_review(scorer: BoosterScorer,
     structured = pipe.decide(tx(amount="9850.00"), features,
                              context(amount_history=in_band_history(2)))
     assert structured.decision == "REVIEW" and names(structured)["aml_structuring"] is False
+
+
+QUIET = {VEL_1H: 1.0, VEL_24H: 2.0}  # no velocity rule fires
+TRUSTED = Whitelisting("ana", NOW_MS - 60 * MINUTE_MS, NOW_MS + 60 * MINUTE_MS)
+
+
+def test_a_whitelisted_card_is_approved_where_only_the_model_asked_for_review(
+        scorer: BoosterScorer, pool: list[dict[str, float]]) -> None:
+    features = find(scorer, pool, 0.55, 0.85, **QUIET)
+    pipe = pipeline(scorer)
+    assert pipe.decide(tx(), features, context()).decision == "REVIEW"
+    parts = pipe.decide(tx(), features, context(whitelist=TRUSTED))
+    assert parts.decision == "APPROVE" and parts.customer_message == CUSTOMER_MESSAGES["APPROVE"]
+    assert parts.score == pytest.approx(scorer.score(features).probability)  # the score stands
+    fired = parts.verdict_fields()["rules_fired"]
+    assert fired == [{"rule_id": WHITELIST_RULE, "reason": "card whitelisted by ana until "
+                      "2026-03-01T13:00:00+00:00: the model's review is waived"}]
+    # Not for a payment made once it expired, nor for one made before the analyst decided.
+    expired = Whitelisting("ana", NOW_MS - 120 * MINUTE_MS, NOW_MS)
+    later = Whitelisting("ana", NOW_MS + MINUTE_MS, NOW_MS + 120 * MINUTE_MS)
+    for window in (expired, later):
+        parts = pipe.decide(tx(), features, context(whitelist=window))
+        assert parts.decision == "REVIEW" and parts.rules_fired == ()
+
+
+def test_a_whitelisted_card_still_meets_the_rules_and_the_guardrails(
+        scorer: BoosterScorer, pool: list[dict[str, float]]) -> None:
+    features = find(scorer, pool, 0.55, 0.85, **QUIET)
+    pipe = pipeline(scorer)
+    trusted = context(whitelist=TRUSTED)
+    sanctioned = pipe.decide(tx(merchant_name="Nimbus Cobalt Exchange, L.L.C."), features,
+                             trusted)
+    assert sanctioned.decision == "DECLINE" and names(sanctioned)["aml_sanctions"] is False
+    structured = pipe.decide(tx(amount="9850.00"), features,
+                             context(amount_history=in_band_history(2), whitelist=TRUSTED))
+    assert structured.decision == "REVIEW" and names(structured)["aml_structuring"] is False
+    reviewed = pipe.decide(tx(), {**features, VEL_1H: 9.0}, trusted)
+    declined = pipe.decide(tx(), {**features, VEL_1H: 25.0}, trusted)
+    assert (reviewed.decision, declined.decision) == ("REVIEW", "DECLINE")
+    strict = ThresholdConfig(review=0.4, decline=0.7, decline_bounds=(0.6, 0.98))
+    risky = find(scorer, pool, 0.72, 0.99, **QUIET)
+    assert pipeline(scorer, thresholds=strict).decide(tx(), risky, trusted).decision == "DECLINE"
+    for parts in (sanctioned, structured, reviewed, declined):
+        assert WHITELIST_RULE not in {h.rule_id for h in parts.rules_fired}
 
 
 def test_a_model_using_a_protected_attribute_is_excluded(pool: list[dict[str, float]]) -> None:

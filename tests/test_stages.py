@@ -1,7 +1,8 @@
 """The worker's two stages without a broker, driven through the worker's own lane
 (streams.worker.local): same features as the offline builder, verdicts that
-carry them, labels that reach terminal risk and the online learner only once known, and the hop
-between them in one shape (a scoring event decoded once, v1 events still read)."""
+carry them, labels that reach terminal risk and the online learner only once known (an analyst's
+finding too, with the evaluator's feedback), the card's whitelisting in the decision's context,
+and the hop between them in one shape (a scoring event decoded once, v1 events still read)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from typing import Any
 import fastavro
 import pytest
 
+from agents.fraud.decision import Whitelisting
 from agents.fraud.pipeline import DecisionPipeline
 from schemas.clock import to_millis, whole_millis
 from schemas.codec import HISTORY_DIR, SCHEMA_DIR, Codec, ConfluentCodec, Decoded, make_codec
@@ -24,7 +26,8 @@ from scoring.online import make_online
 from scoring.rules import RuleEngine
 from streams.config import Settings
 from streams.topics import Topic
-from streams.worker.admission import Source
+from streams.worker.admission import Output, Source
+from streams.worker.casework import CaseStage
 from streams.worker.local import LocalLane
 from streams.worker.stages import (
     CardStage,
@@ -88,6 +91,7 @@ def _run(local: LocalLane, txs: list[dict[str, Any]], fraud_ids: set[str]
         ((_, raw),) = outputs.pop(local.topic(Topic.DECISIONS))
         verdict = codec.decode(raw, topic=local.topic(Topic.DECISIONS), expect="verdict").record
         assert verdict["transaction_id"] == tx["transaction_id"]
+        assert verdict["terminal_id"] == tx["terminal_id"]  # what an analyst's label needs
         _check_follow_ups(local, verdict, outputs)
         verdicts.append(verdict)
     return verdicts
@@ -170,8 +174,74 @@ def test_labels_teach_the_online_learner_only_once_known(local: LocalLane) -> No
     last = to_millis(txs[-1]["event_time"])
     assert terminal_stage.labels_learned > 0
     # Nothing learned ahead of its time: every label still pending is known after the watermark.
-    assert all(known > terminal_stage.watermark_ms for known, _, _ in terminal_stage.pending)
+    assert all(known > terminal_stage.watermark_ms for known, *_ in terminal_stage.pending)
     assert terminal_stage.watermark_ms == last
+
+
+def _command(stage: CaseStage, kind: str, at: datetime, **fields: Any) -> bytes:
+    record = {"command_id": f"{kind}-{at.timestamp()}", "command": kind, "actor": "ana",
+              "role": "ANALYST", "reason": "cardholder denies the payment", "case_id": None,
+              "expected_version": None, "resolution": None, "card_token": None, "until": None,
+              "transaction_id": None, "verdict": None, "requested_at": at} | fields
+    return stage.codec.encode("case_command", record, topic=stage.commands)
+
+
+def test_an_analysts_finding_teaches_terminal_risk_the_learners_and_the_evaluator(
+        local: LocalLane) -> None:
+    """A REVIEW, its case resolved CONFIRMED_FRAUD by the real case book, and the label it
+    makes fed back into the lane: the terminal's risk a week later counts it, and once event
+    time passes its known_at the online learner, the evaluator and its feedback have it."""
+    codec, pipeline = local.codec, local.lane.terminal_stage.pipeline
+    tx_topic, decisions = local.topic(Topic.TRANSACTIONS), local.topic(Topic.DECISIONS)
+
+    def decide(tx: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
+        value = codec.encode("transaction", tx, topic=tx_topic)
+        outputs = local.feed(Topic.TRANSACTIONS, [(tx["card_token"].encode(), value)])
+        ((_, raw),) = outputs[decisions]
+        return codec.decode(raw, topic=decisions, expect="verdict").record, raw
+
+    # Eight payments on one card within the hour: the eighth is reviewed (VEL-1H-REVIEW).
+    burst = [decide(transaction(i, card="tok_burst", terminal_id="term-x",
+                                when=T0 + timedelta(minutes=i)))
+             for i in range(8)]
+    reviewed, raw = burst[-1]
+    assert [v["decision"] for v, _ in burst] == ["APPROVE"] * 7 + ["REVIEW"]
+    cases = CaseStage(codec, "")
+    opened = cases.open_case(Output(decisions, reviewed["transaction_id"].encode(), raw), T0)
+    case_id = f"case-{reviewed['verdict_id']}"
+    resolved_at = T0 + timedelta(days=1)
+    outs = [*cases.on_command(opened.value),
+            *cases.on_command(_command(cases, "CLAIM", resolved_at, case_id=case_id)),
+            *cases.on_command(_command(cases, "RESOLVE", resolved_at, case_id=case_id,
+                                       resolution="CONFIRMED_FRAUD"))]
+    labels = [(o.key, o.value) for o in outs if o.topic == local.topic(Topic.LABELS)]
+    assert len(labels) == 1
+    assert local.feed(Topic.LABELS, labels) == {}
+    assert pipeline.evaluator.labels_recorded == 0  # not before event time reaches known_at
+
+    later, _ = decide(transaction(100, card="tok_other", terminal_id="term-x",
+                                  when=T0 + timedelta(days=8)))
+    assert later["features"]["TERMINAL_ID_RISK_7DAY_WINDOW"] == pytest.approx(1 / 8)
+    assert later["features"]["TERMINAL_ID_NB_TX_7DAY_WINDOW"] == 8.0
+    stage = local.lane.terminal_stage
+    assert (stage.labels_learned, stage.labels_unmatched) == (1, 0)
+    assert pipeline.online is not None and pipeline.online.labels_seen == 1
+    assert (pipeline.evaluator.labels_recorded, pipeline.evaluator.feedback_recorded) == (1, 1)
+
+
+def test_the_terminal_stage_decides_with_the_cards_whitelisting(
+        stages: tuple[CardStage, TerminalStage]) -> None:
+    card_stage, terminal_stage = stages
+    trusted = Whitelisting("ana", to_millis(T0), to_millis(T0 + timedelta(days=7)))
+    terminal_stage.whitelist = {"tok_trusted": trusted}
+    contexts = []
+    for i, card in enumerate(("tok_trusted", "tok_other")):
+        tx = transaction(i, card=card, when=T0 + timedelta(hours=1))
+        _, _, row = card_stage.features(None, tx, [])
+        hand = card_stage.hand_over(tx, row, [], Source("t", 0, i, None), 0.0)
+        _, ready = terminal_stage.prepare(None, terminal_stage.decode(hand.value), 0.0)
+        contexts.append(ready.context.whitelist)
+    assert contexts == [trusted, None]
 
 
 def test_amount_features_are_in_euros(stages: tuple[CardStage, TerminalStage]) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from schemas.clock import from_millis
 from scoring.rules import RuleHit
 
 RULES_ONLY_VERSION = "rules-only-v0"
@@ -70,6 +71,12 @@ def decide_rules_only(features: Mapping[str, float], hits: Sequence[RuleHit]) ->
 # floor, and turns a would-be decline into a review unless the risk is high: we decline on
 # uncertainty only when even an uncertain score is clearly fraud. Policy rules and guardrails act
 # whatever the confidence.
+#
+# A card an analyst has whitelisted (``Whitelisting``) is trusted over the model, not over policy:
+# a REVIEW that only the score or low confidence asked for becomes an APPROVE while the
+# whitelisting lasts. A policy rule or guardrail asking for review (structuring is reported by an
+# analyst, whoever the cardholder is), any decline, and a would-be decline held back by low
+# confidence stand as for any card.
 
 NORMAL_TIER, CONSERVATIVE_TIER = "normal", "conservative"
 
@@ -154,6 +161,23 @@ def assess_confidence(config: ThresholdConfig, disagreement: float | None = None
     return Confidence(bool(reasons), tuple(reasons))
 
 
+@dataclass(frozen=True, slots=True)
+class Whitelisting:
+    """An analyst's whitelisting of a card (schemas/whitelist.avsc), times in epoch ms."""
+
+    actor: str
+    since_ms: int
+    until_ms: int
+
+    def applies(self, event_ms: int) -> bool:
+        """In force for a payment made in [since, until): an expired one no longer applies."""
+        return self.since_ms <= event_ms < self.until_ms
+
+    def describe(self) -> str:
+        until = from_millis(self.until_ms).isoformat(timespec="seconds")
+        return f"card whitelisted by {self.actor} until {until}"
+
+
 @dataclass(slots=True)
 class DecisionRecord:
     """What was decided and why, in the order the reasons applied."""
@@ -163,6 +187,7 @@ class DecisionRecord:
     thresholds: Thresholds
     confidence: Confidence
     why: tuple[str, ...]
+    whitelisted: Whitelisting | None = None  # set when the whitelisting turned REVIEW to APPROVE
 
     @property
     def customer_message(self) -> str:
@@ -171,9 +196,23 @@ class DecisionRecord:
 
 def decide_verdict(score: float, hits: Sequence[RuleHit], thresholds: Thresholds,
                    confidence: Confidence, guardrail_action: str = "pass",
-                   config: ThresholdConfig = ThresholdConfig()) -> DecisionRecord:
+                   config: ThresholdConfig = ThresholdConfig(),
+                   whitelist: Whitelisting | None = None) -> DecisionRecord:
     """Guardrails and rules first (policy), then the score against today's thresholds, then
-    low-confidence escalation (see the comment above)."""
+    low-confidence escalation, then the card's whitelisting if it is in force for this payment
+    (see the comments above)."""
+    record = _decide(score, hits, thresholds, confidence, guardrail_action, config)
+    if (whitelist is None or record.decision != "REVIEW" or score >= thresholds.decline
+            or guardrail_action == "review" or any(h.action == "review" for h in hits)):
+        return record
+    return DecisionRecord("APPROVE", score, thresholds, confidence,
+                          (f"{whitelist.describe()}: the model's review is waived", *record.why),
+                          whitelist)
+
+
+def _decide(score: float, hits: Sequence[RuleHit], thresholds: Thresholds,
+            confidence: Confidence, guardrail_action: str,
+            config: ThresholdConfig) -> DecisionRecord:
 
     def record(decision: str, why: str) -> DecisionRecord:
         return DecisionRecord(decision, score, thresholds, confidence,

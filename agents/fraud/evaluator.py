@@ -70,6 +70,9 @@ class Evaluator:
         self.latest_drift: dict[str, FeatureDrift] | None = None
         self._metrics = RollingMetrics(metrics_window)
         self._feedback: deque[bool] = deque(maxlen=feedback_window)  # True = genuine (a FP)
+        # Every label and finding ever recorded (the windows above forget), for the metrics.
+        self.labels_recorded = 0
+        self.feedback_recorded = 0
 
     # -- per verdict ------------------------------------------------------------------------------
 
@@ -120,6 +123,7 @@ class Evaluator:
 
     def record_label(self, score: float, is_fraud: bool) -> None:
         self._metrics.add(score, is_fraud)
+        self.labels_recorded += 1
 
     def metrics(self) -> LabelMetrics:
         return LabelMetrics(len(self._metrics), self._metrics.positives, self._metrics.auc(),
@@ -129,6 +133,7 @@ class Evaluator:
         """An analyst's finding on a flagged payment (only REVIEW/DECLINE count)."""
         if decision in FLAGGED:
             self._feedback.append(not is_fraud)
+            self.feedback_recorded += 1
 
     @property
     def false_positive_rate(self) -> float | None:

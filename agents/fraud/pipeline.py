@@ -72,6 +72,7 @@ from agents.fraud.decision import (
     DecisionRecord,
     ThresholdConfig,
     Thresholds,
+    Whitelisting,
     adapt_thresholds,
     assess_confidence,
     decide_verdict,
@@ -95,6 +96,7 @@ from scoring.online import OnlineModel
 from scoring.rules import RuleEngine, RuleHit
 
 __all__ = [
+    "WHITELIST_RULE",
     "DecisionContext",
     "DecisionPipeline",
     "ShadowScore",
@@ -103,6 +105,8 @@ __all__ = [
 ]
 
 FLAGGED = ("REVIEW", "DECLINE")
+# The entry in a verdict's rules_fired when the card's whitelisting turned a review into approval.
+WHITELIST_RULE = "WHITELIST"
 _THRESHOLDS = ThresholdConfig()
 _BLEND = BlendConfig()
 
@@ -116,6 +120,8 @@ class DecisionContext:
     ``amount_history`` is the card's near-threshold payments for the structuring check; like the
     velocity state, the worker keeps it per card (a table) and updates it after each verdict with
     ``agents.fraud.guardrail.record_amount``, which is idempotent on the transaction id.
+    ``whitelist`` is the card's whitelisting, if an analyst made one; it counts only for a
+    payment made while it lasts (``agents.fraud.decision.Whitelisting.applies``).
     """
 
     now_ms: int  # wall clock, for the age of cached features
@@ -126,6 +132,7 @@ class DecisionContext:
     review_queue_capacity: int = 0  # 0 = unknown: no queue adjustment
     amount_history: Sequence[Sequence[Any]] = ()  # the card's guardrail.AmountEntry list
     upstream_error: bool = False
+    whitelist: Whitelisting | None = None
 
 
 @dataclass(slots=True)
@@ -450,8 +457,11 @@ class DecisionPipeline:
         assert s.thresholds is not None
         confidence = assess_confidence(self.thresholds, s.mix.disagreement, s.plan.features_stale,
                                        explanation_ok)
+        whitelist = s.context.whitelist
+        if whitelist is not None and not whitelist.applies(s.event_ms):
+            whitelist = None
         return decide_verdict(s.mix.score, s.hits, s.thresholds, confidence, s.guard.action,
-                              self.thresholds)
+                              self.thresholds, whitelist)
 
     # -- explanations: one pred_contrib call per arm for the flagged rows -------------------------
 
@@ -509,8 +519,11 @@ class DecisionPipeline:
             reasons = self._rule_reasons(s.hits, s.used)
         trace = Trace(plan, s.execution, s.mix, check, s.guard, record, s.labels_seen,
                       s.explain_ms)
+        hits = tuple(s.hits)
+        if record.whitelisted is not None:  # the verdict says who let it through, and until when
+            hits += (RuleHit(WHITELIST_RULE, record.why[0], "approve", 0.0),)
         parts = VerdictParts(record.decision, s.mix.score, version, plan.arm, reasons,
-                             tuple(s.hits), s.guard.checks, _dedupe(fallbacks),
+                             hits, s.guard.checks, _dedupe(fallbacks),
                              record.customer_message, s.shadow, trace)
         return self._scrubbed(parts)
 

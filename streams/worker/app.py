@@ -94,7 +94,8 @@ def create_app(settings: Settings, lane_ready: Callable[[], bool] = lambda: True
     outputs = {topic_name(t, settings.topic_prefix): raw_topic(t)
                for t in (Topic.DECISIONS, Topic.DEAD_LETTERS, Topic.HYPOTHESES,
                          Topic.EXPERIMENTS, Topic.ROUTING_POLICY, Topic.CASE_COMMANDS,
-                         Topic.CASES, Topic.LABELS, Topic.AUDIT, Topic.NOTIFICATIONS)}
+                         Topic.CASES, Topic.WHITELIST, Topic.LABELS, Topic.AUDIT,
+                         Topic.NOTIFICATIONS)}
     # The routing loop's state lives on the one partition of its topics (see streams.topics),
     # worked on in memory and checkpointed each second (streams.worker.write_behind).
     analyst_state = WriteBehind(app.Table("analyst-cells", default=dict, partitions=1))

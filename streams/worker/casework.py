@@ -1,5 +1,6 @@
-"""The case agent's stream glue: case commands in; cases, overrides, labels, notifications and
-audit records out. Plain code over bytes (no Faust), so tests drive it without a broker.
+"""The case agent's stream glue: case commands in; cases, whitelistings, overrides, labels,
+notifications and audit records out. Plain code over bytes (no Faust), so tests drive it without a
+broker.
 
 The worker is the only writer of case state, and it applies commands in the order of one
 partition's log; `now` is each command's requested_at, so a replay decides exactly as before.
@@ -26,6 +27,7 @@ REINDEX_EVERY_S = 60.0
 # Where each record a case action produces goes, and what it is keyed by.
 ROUTES: dict[str, tuple[Topic, str]] = {
     "case": (Topic.CASES, "case_id"),
+    "whitelist": (Topic.WHITELIST, "card_token"),
     "verdict": (Topic.DECISIONS, "transaction_id"),
     "label": (Topic.LABELS, "card_token"),
     "notification": (Topic.NOTIFICATIONS, "card_token"),

@@ -10,7 +10,9 @@ partitions land on the same worker) reads four topics and one loop works each ba
 
 The card and terminal stages are ``streams.worker.stages``; this module owns only what Kafka
 needs: state per partition (``streams.worker.store``), the watermark gate
-(``streams.worker.watermarks``) and the checkpoint, which every ``commit_interval_s``
+(``streams.worker.watermarks``), the whitelist the decisions read (``streams.worker.whitelist``:
+the whole topic, with its own consumer outside the group) and the checkpoint, which every
+``commit_interval_s``
 
 1. writes one changelog record per state key changed since the last checkpoint,
 2. closes the outbox's epoch with the offsets of everything processed so far, and
@@ -66,6 +68,7 @@ from streams.worker.stages import (
 )
 from streams.worker.store import Store, partition_bounds, recover
 from streams.worker.watermarks import CAUGHT_UP, WatermarkGate, source
+from streams.worker.whitelist import WhitelistFeed
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +116,8 @@ class FraudLane:
         self.card_stage = CardStage(self.codec, prefix)
         pipeline = pipeline or build_pipeline(settings)  # tests pass their own
         self.terminal_stage = TerminalStage(self.codec, pipeline, prefix)
+        self.whitelist = WhitelistFeed(self.codec, topic_name(Topic.WHITELIST, prefix))
+        self.terminal_stage.whitelist = self.whitelist.entries
         self.cases = CaseStage(self.codec, prefix)
         self.routing = RoutingStage(self.codec, prefix, {})
         self.topics = {t: topic_name(t, prefix) for t in (
@@ -272,6 +277,8 @@ class FraudLane:
 
     def run(self) -> None:
         self._ensure_changelogs()
+        # Every whitelisting made so far, before the first decision (streams.worker.whitelist).
+        self.whitelist.start({**self._base, "group.id": f"{self.settings.app_id}-whitelist"})
         self._connect()
         assert self.consumer is not None and self.outbox is not None
         consumer = self.consumer
@@ -291,6 +298,7 @@ class FraudLane:
                 if now - marks_at >= MARK_EVERY_S:
                     marks_at = now
                     self._send_marks()
+                    self.whitelist.poll()
                 if now - checkpoint_at >= self.settings.commit_interval_s:
                     checkpoint_at = now
                     self._checkpoint(wait=False)
@@ -304,6 +312,7 @@ class FraudLane:
         finally:
             collector.close()
             consumer.close()
+            self.whitelist.close()
 
     def _process(self, batch: list[Message]) -> None:
         assert self.outbox is not None

@@ -28,6 +28,31 @@ FEATURE_STORE_ERRORS = Counter("rakshit_feature_store_errors",
                                "Card-state reads or writes that failed (cached features used).")
 LABELS_WITHOUT_TERMINAL = Counter("rakshit_labels_without_terminal",
                                   "Labels naming no terminal: terminal risk cannot count them.")
+# What labels teach once event time passes their known_at (streams.worker.stages.TerminalStage).
+LABELS_LEARNED = Counter("rakshit_labels_learned",
+                         "Labels matched to the score this worker gave their transaction: one "
+                         "step of the online learner and one point of the evaluator's AUC/AP.",
+                         ["source"])
+LABELS_UNMATCHED = Counter("rakshit_labels_unmatched",
+                           "Labels for transactions this worker did not score (or no longer "
+                           "remembers): terminal risk counts them, the learners cannot.")
+ONLINE_LABELS = Gauge("rakshit_online_labels_seen",
+                      "Labels the online learner has learned from (its weight in the blend "
+                      "grows with them).")
+EVALUATOR_LABELS = Gauge("rakshit_evaluator_labels",
+                         "Labels the evaluator has added to its rolling AUC/AP since start.")
+EVALUATOR_FEEDBACK = Gauge("rakshit_evaluator_feedback",
+                           "Analysts' findings on flagged payments the evaluator has counted "
+                           "towards its false-positive rate since start.")
+FALSE_POSITIVE_RATE = Gauge("rakshit_false_positive_rate",
+                            "Share of flagged payments analysts found genuine, which the "
+                            "decision thresholds adapt to (set once enough findings are in).")
+WHITELISTED_CARDS = Gauge("rakshit_whitelisted_cards",
+                          "Whitelistings the fraud lane holds, one per card (each applies only "
+                          "to payments made before its end).")
+WHITELIST_APPROVALS = Counter("rakshit_whitelist_approvals",
+                              "Payments approved because their card is whitelisted: the model "
+                              "alone would have sent them to review.")
 WORKER_READY = Gauge("rakshit_worker_ready",
                      "1 once tables are recovered and partitions assigned; 0 while rebalancing.")
 CONSUMER_LAG = Gauge("rakshit_consumer_lag",

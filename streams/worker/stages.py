@@ -18,6 +18,13 @@ label delay), so the hop's few milliseconds, and the race between the labels and
 topics, cannot change them; the card features read only the card's own partition, in order.
 Every state update is idempotent per transaction id, so an at-least-once repeat changes nothing.
 
+Labels (an issuer's, a chargeback's, an analyst's resolution of a case) count towards their
+terminal's risk at once, for transactions a week later in event time; once event time passes
+their ``known_at`` they also teach the online learner and the evaluator (rolling AUC/AP), and an
+analyst's finding on a payment this worker flagged counts towards the false-positive rate the
+decision thresholds adapt to. The decision reads the card's whitelisting, if an analyst made one
+(``streams.worker.whitelist`` keeps them; the chain decides what it may change).
+
 The Faust agents in `streams.worker.app` hold the tables and send what these functions return; tests
 drive them directly.
 """
@@ -32,8 +39,9 @@ from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
 
+from agents.fraud.decision import Whitelisting
 from agents.fraud.guardrail import AmountEntry, record_amount
-from agents.fraud.pipeline import DecisionContext, DecisionPipeline, VerdictParts
+from agents.fraud.pipeline import WHITELIST_RULE, DecisionContext, DecisionPipeline, VerdictParts
 from schemas.clock import from_millis, to_millis
 from schemas.codec import (
     HISTORY_DIR,
@@ -187,6 +195,7 @@ class Prepared:
 class ScoredTransaction:
     features: dict[str, float]
     score: float
+    decision: str
 
 
 @dataclass
@@ -196,14 +205,18 @@ class TerminalStage:
     codec: Codec
     pipeline: DecisionPipeline
     prefix: str = ""
-    # What each recent transaction was scored with, so its label can teach the online learner.
+    # What each recent transaction was scored with and how it was decided, so its label can
+    # teach the learners and an analyst's finding can judge the decision.
     memory_size: int = 200_000
     scored: OrderedDict[str, ScoredTransaction] = field(default_factory=OrderedDict)
-    # Labels released early by a replay wait here until event time reaches their known_at.
-    pending: list[tuple[int, str, bool]] = field(default_factory=list)
+    # Labels released early by a replay wait here until event time reaches their known_at:
+    # (known_at ms, transaction id, fraud, label source).
+    pending: list[tuple[int, str, bool, str]] = field(default_factory=list)
     watermark_ms: int = 0
     labels_learned: int = 0
     labels_unmatched: int = 0
+    # Card token -> its whitelisting; the lane keeps it current (streams.worker.whitelist).
+    whitelist: Mapping[str, Whitelisting] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.decisions = topic_name(Topic.DECISIONS, self.prefix)
@@ -252,21 +265,42 @@ class TerminalStage:
         fraud = label["label"] in ("FRAUD", "CHARGEBACK")
         state = F.terminal_observe_label(state, label["transaction_id"],
                                          to_millis(label["transaction_time"]), fraud)
-        heapq.heappush(self.pending,
-                       (to_millis(label["known_at"]), label["transaction_id"], fraud))
+        heapq.heappush(self.pending, (to_millis(label["known_at"]), label["transaction_id"],
+                                      fraud, str(label.get("source") or "UNKNOWN")))
         self._learn_due()
         return state
 
     def _learn_due(self) -> None:
-        """Teach the online learner every label whose known_at event time has passed."""
+        """Teach every label whose known_at event time has passed to the online learner and the
+        evaluator; an analyst's finding is also feedback on the decision this worker made."""
+        learned = False
         while self.pending and self.pending[0][0] <= self.watermark_ms:
-            _, tx_id, fraud = heapq.heappop(self.pending)
+            _, tx_id, fraud, origin = heapq.heappop(self.pending)
             seen = self.scored.pop(tx_id, None)
             if seen is None:
                 self.labels_unmatched += 1
+                metrics.LABELS_UNMATCHED.inc()
                 continue
             self.pipeline.record_label(seen.features, seen.score, fraud)
+            if origin == "ANALYST":  # only flagged decisions count (the evaluator's rule)
+                self.pipeline.record_feedback(seen.decision, fraud)
             self.labels_learned += 1
+            metrics.child(metrics.LABELS_LEARNED, origin).inc()
+            learned = True
+        if learned:
+            self._report_learning()
+
+    def _report_learning(self) -> None:
+        """What the learners now hold, as the learners themselves count it."""
+        online = self.pipeline.online
+        if online is not None:
+            metrics.ONLINE_LABELS.set(online.labels_seen)
+        evaluator = self.pipeline.evaluator
+        metrics.EVALUATOR_LABELS.set(evaluator.labels_recorded)
+        metrics.EVALUATOR_FEEDBACK.set(evaluator.feedback_recorded)
+        rate = evaluator.false_positive_rate
+        if rate is not None:
+            metrics.FALSE_POSITIVE_RATE.set(rate)
 
     def prepare(self, state: dict[str, Any] | None, hand_over: Mapping[str, Any],
                 started: float, waited_out: bool = False) -> tuple[dict[str, Any], Prepared]:
@@ -289,6 +323,7 @@ class TerminalStage:
             cached_features=row if stale is not None else None,
             cached_at_ms=int(t_ms - stale * 1000) if stale is not None else None,
             amount_history=amounts_in(hand_over["card_amount_history"]),
+            whitelist=self.whitelist.get(tx["card_token"]),
         )
         return state, Prepared(tx, row, context, hand_over, started, waited_out)
 
@@ -303,7 +338,7 @@ class TerminalStage:
             if p.waited_out:
                 parts = replace(parts, fallbacks=(*parts.fallbacks, "watermark_timeout"))
             self.watermark_ms = max(self.watermark_ms, p.context.now_ms)
-            self._remember(p.tx["transaction_id"], p.row, parts.score)
+            self._remember(p.tx["transaction_id"], p.row, parts.score, parts.decision)
             out.append(self.verdict(p.tx, parts, p.row, p.started, p.hand_over))
         self._learn_due()
         return out
@@ -316,7 +351,8 @@ class TerminalStage:
         """
         tx = hand_over["transaction"]
         context = DecisionContext(now_ms=to_millis(tx["event_time"]), feature_store_ok=False,
-                                  cached_features=None, cached_at_ms=None, amount_history=[])
+                                  cached_features=None, cached_at_ms=None, amount_history=[],
+                                  whitelist=self.whitelist.get(tx["card_token"]))
         parts = self.pipeline.decide(tx, None, context)
         return self.verdict(tx, parts, {}, started, hand_over)
 
@@ -328,8 +364,8 @@ class TerminalStage:
             for name, d in drift.items():
                 metrics.DRIFT_PSI.labels(name).set(d.psi)
 
-    def _remember(self, tx_id: str, row: dict[str, float], score: float) -> None:
-        self.scored[tx_id] = ScoredTransaction(row, score)
+    def _remember(self, tx_id: str, row: dict[str, float], score: float, decision: str) -> None:
+        self.scored[tx_id] = ScoredTransaction(row, score, decision)
         if len(self.scored) > self.memory_size:
             self.scored.popitem(last=False)
 
@@ -341,6 +377,7 @@ class TerminalStage:
             "verdict_id": verdict_id(tx["transaction_id"]),
             "transaction_id": tx["transaction_id"],
             "card_token": tx["card_token"],
+            "terminal_id": tx["terminal_id"],
             **parts.verdict_fields(),
             "processing_latency_ms": (now - min(received, started)) * 1000.0,
             "transaction_time": tx["event_time"],
@@ -356,6 +393,9 @@ class TerminalStage:
         }
         value = self.codec.encode("verdict", record, topic=self.decisions)
         metrics.child(metrics.VERDICTS, parts.decision).inc()
+        if parts.rules_fired and parts.decision == "APPROVE" \
+                and parts.rules_fired[-1].rule_id == WHITELIST_RULE:
+            metrics.WHITELIST_APPROVALS.inc()
         for fallback in parts.fallbacks:
             metrics.child(metrics.FALLBACKS, fallback).inc()
         for check in parts.guardrails:

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +39,21 @@ import numpy as np
 import numpy.typing as npt
 
 Contribution = tuple[str, float, float]
+
+
+def simplified(importance: Mapping[str, float], features: Mapping[str, float]) -> Explanation:
+    """A cheap stand-in for TreeSHAP when the explanation time budget is spent: each feature's
+    share of the model's global importance (gain), beside this payment's value, largest first.
+
+    It says which features the model leans on overall, not why this payment scored as it did,
+    and the shares are not log-odds, so it neither adds up to the margin nor is checked against
+    it; the verdict says so (fallback ``explanation_simplified``). Base value 0.
+    """
+    total = math.fsum(v for v in importance.values() if v > 0.0) or 1.0
+    found = [(name, float(features[name]), max(0.0, share) / total)
+             for name, share in importance.items() if name in features]
+    found.sort(key=lambda c: -c[2])
+    return Explanation(tuple(found), 0.0)
 """(feature, value, contribution): the value the model saw and its signed share of the margin."""
 
 DEFAULT_TOLERANCE = 1e-6

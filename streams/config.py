@@ -42,6 +42,9 @@ class Settings:
     metrics_port: int = 9108
     metrics_addr: str = "127.0.0.1"  # docker-compose sets 0.0.0.0 so Prometheus can scrape
     commit_interval_s: float = 1.0
+    # Unresolved cases the analysts can work without delay: the review threshold rises as the
+    # case book's queue fills past 70% of it (agents.fraud.decision). 0: no queue adjustment.
+    review_capacity: int = 500
 
     # The API's durable store (streams.store): None is SQLite under home; postgresql://... for
     # PostgreSQL.
@@ -90,6 +93,7 @@ class Settings:
             "RAKSHIT_METRICS_PORT": str(self.metrics_port),
             "RAKSHIT_METRICS_ADDR": self.metrics_addr,
             "RAKSHIT_COMMIT_INTERVAL_S": str(self.commit_interval_s),
+            "RAKSHIT_REVIEW_CAPACITY": str(self.review_capacity),
             "RAKSHIT_MAX_RECORD_BYTES": str(self.max_record_bytes),
             "RAKSHIT_MAX_AMOUNT": str(self.max_amount),
             "RAKSHIT_MAX_FUTURE_SKEW_S": str(self.max_future_skew_s),
@@ -119,6 +123,7 @@ class Settings:
             metrics_port=int(_env("RAKSHIT_METRICS_PORT", "9108")),
             metrics_addr=_env("RAKSHIT_METRICS_ADDR", "127.0.0.1"),
             commit_interval_s=float(_env("RAKSHIT_COMMIT_INTERVAL_S", "1.0")),
+            review_capacity=int(_env("RAKSHIT_REVIEW_CAPACITY", "500")),
             max_record_bytes=int(_env("RAKSHIT_MAX_RECORD_BYTES", str(64 * 1024))),
             max_amount=float(_env("RAKSHIT_MAX_AMOUNT", "1000000")),
             max_future_skew_s=float(_env("RAKSHIT_MAX_FUTURE_SKEW_S", "600")),

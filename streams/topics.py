@@ -1,8 +1,8 @@
 """Every topic the system uses, in one list.
 
 Name, partitions, retention and cleanup policy live here and nowhere else; `rakshit topics --create`
-and the worker both read this table. Topics that hold state (routing policy, cases, whitelist)
-are compacted so a new reader rebuilds the current state from the topic alone.
+and the worker both read this table. Topics that hold state (routing policy, cases, whitelist,
+review queue) are compacted so a new reader rebuilds the current state from the topic alone.
 """
 
 from __future__ import annotations
@@ -24,12 +24,14 @@ class Topic(StrEnum):
     ROUTING_POLICY = "routing-policy"
     CASES = "cases"
     WHITELIST = "whitelist"
+    REVIEW_QUEUE = "review-queue"
     DEAD_LETTERS = "dead-letters"
     SCORING = "scoring-by-terminal"
     ROUTE_OUTCOMES = "route-outcomes"
     CASE_COMMANDS = "case-commands"
     AUDIT = "audit"
     NOTIFICATIONS = "notifications"
+    EVALUATION_QUEUE = "evaluation-queue"
 
 
 @dataclass(frozen=True)
@@ -74,6 +76,11 @@ TOPICS: tuple[TopicSpec, ...] = (
     # it, and one writer (the case agent) puts whitelistings in one order.
     TopicSpec(Topic.WHITELIST, "whitelist", "card_token", 1, -1, True,
               "Whitelisted cards, latest whitelisting per card; every fraud lane reads all of it."),
+    # Read whole by every fraud lane (streams.worker.review_queue), like the whitelist: the
+    # decision thresholds rise as the case book's queue fills. One key, one partition, one
+    # writer (the case agent); compaction keeps the latest depth.
+    TopicSpec(Topic.REVIEW_QUEUE, "review_queue", "review-queue", 1, -1, True,
+              "Unresolved fraud cases, latest count; every fraud lane reads it."),
     TopicSpec(Topic.DEAD_LETTERS, "dead_letter", "source", 1, 30 * DAY_MS, False,
               "Records that could not be processed: original bytes (card data redacted), reason.",
               # Room for any record the input topics accept (1 MiB) plus the dead-letter envelope.
@@ -95,6 +102,10 @@ TOPICS: tuple[TopicSpec, ...] = (
               "Customer notifications in plain words (no scores, no rule names)."),
     TopicSpec(Topic.ROUTE_OUTCOMES, "outcome_batch", "batch", 1, 1 * DAY_MS, False,
               "Worker-internal: admitted outcomes, batched, for the routing agent."),
+    # The evaluator raised on these verdicts (fallbacks evaluation_failed / evaluator_error):
+    # what an offline evaluation needs, kept as long as the decisions it would judge.
+    TopicSpec(Topic.EVALUATION_QUEUE, "evaluation_request", "transaction_id", 1, 30 * DAY_MS,
+              False, "Verdicts the evaluator failed on, with their inputs, to evaluate offline."),
 )
 
 SPECS: dict[Topic, TopicSpec] = {spec.topic: spec for spec in TOPICS}

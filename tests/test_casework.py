@@ -7,10 +7,13 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
+
 from schemas.codec import make_codec
 from streams.topics import Topic, topic_name
+from streams.worker import casework
 from streams.worker.admission import Output
-from streams.worker.casework import CaseStage, dispute_command
+from streams.worker.casework import DEPTH_EVERY_S, QUEUE_KEY, CaseStage, dispute_command
 from tests.test_codec import RECORDS
 
 CODEC = make_codec(None)
@@ -103,3 +106,34 @@ def test_a_dispute_of_a_decline_opens_a_case() -> None:
     cases = [r for t, r in outs if t.endswith(".cases")]
     assert cases and cases[0]["opened_by"] == "DISPUTE"
     assert any(t.endswith(".notifications") for t, _ in outs)
+
+
+def test_the_queue_depth_goes_to_the_fraud_lanes_when_it_changes_at_most_each_second(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lanes' thresholds read it (streams.worker.review_queue); a burst of cases makes one
+    record now and, through the app's timer calling ``queue_depth``, one for where it ended."""
+    clock = [1_000.0]
+    monkeypatch.setattr(casework.time, "monotonic", lambda: clock[0])
+    stage = CaseStage(CODEC, "t.")
+    assert stage.queue_depth() == []  # nothing changed since start: the topic still holds it
+
+    def open_one(i: int) -> list[Output]:
+        verdict = {**review_verdict(), "transaction_id": f"tx-{i}", "verdict_id": f"v-{i}"}
+        raw = CODEC.encode("verdict", verdict, topic=stage.decisions)
+        out = stage.open_case(Output(stage.decisions, f"tx-{i}".encode(), raw, opens_case=True),
+                              T0)
+        return stage.on_command(out.value)
+
+    def depths(outs: list[Output]) -> list[int]:
+        return [r["depth"] for t, r in decoded(outs) if t == "t.rakshit.review-queue"]
+
+    first = open_one(1)
+    assert depths(first) == [1]
+    assert [o.key for o in first if o.topic == "t.rakshit.review-queue"] == [QUEUE_KEY]
+    assert depths(open_one(2)) == depths(open_one(3)) == []  # within the second: held back
+    assert stage.queue_depth() == []
+    clock[0] += DEPTH_EVERY_S
+    assert depths(stage.queue_depth()) == [3]  # the timer sends where the burst ended
+    assert stage.queue_depth() == []
+    clock[0] += DEPTH_EVERY_S
+    assert depths(open_one(3)) == []  # a repeated OPEN: the depth did not change

@@ -104,6 +104,8 @@ RECORDS: dict[str, Callable[[], dict[str, Any]]] = {
         "decided_by": "analyst-17",
         "features": {"card_velocity_1h": 3.0, "amount": 42.5},
         "shadow": {"model_version": "1.1.0", "score": 0.31, "fallbacks": []},
+        "thresholds": {"review": 0.62, "decline": 0.9, "tier": "normal",
+                       "adjustments": ["review queue 130% full: review threshold raised"]},
     },
     "outcome_batch": lambda: {"items": [b"\xc3\x01opaque-outcome-1", b"\xc3\x01opaque-2"]},
     "scoring_event": lambda: {"body": {
@@ -231,6 +233,17 @@ RECORDS: dict[str, Callable[[], dict[str, Any]]] = {
         "verdict_id": "case-v-88-v5",
         "created_at": T0 + timedelta(minutes=14),
     },
+    "evaluation_request": lambda: {
+        "transaction_id": "txn-000017",
+        "verdict_id": "v-88",
+        "score": 0.83,
+        "decision": "REVIEW",
+        "model_version": "1.4.0",
+        "features": {"TX_AMOUNT": 412.5, "CUSTOMER_ID_NB_TX_1DAY_WINDOW": 3.0},
+        "failures": ["evaluation_failed"],
+        "queued_at": T0 + timedelta(minutes=1),
+    },
+    "review_queue": lambda: {"depth": 412, "measured_at": T0 + timedelta(seconds=3)},
     "whitelist": lambda: {
         "card_token": "tok_9f2c1ab7",
         "since": T0 + timedelta(minutes=20),
@@ -786,14 +799,34 @@ def test_a_verdict_written_before_terminal_id_existed_reads_with_none() -> None:
     assert "terminal_id" not in {f["name"] for f in old["fields"]}
     parsed = fastavro.parse_schema(old)
     body = io.BytesIO()
-    record = {k: v for k, v in RECORDS["verdict"]().items() if k != "terminal_id"}
+    later = ("terminal_id", "thresholds")  # fields added since v1.2
+    record = {k: v for k, v in RECORDS["verdict"]().items() if k not in later}
     fastavro.schemaless_writer(body, parsed, record)
     canonical = fastavro.schema.to_parsing_canonical_form(parsed)
     fingerprint = bytes.fromhex(fastavro.schema.fingerprint(canonical, "CRC-64-AVRO"))
     decoded = make_codec(None).decode(b"\xc3\x01" + fingerprint + body.getvalue(), topic="d",
                                       expect="verdict").record
-    assert decoded["terminal_id"] is None
-    assert {k: v for k, v in decoded.items() if k != "terminal_id"} == record
+    assert decoded["terminal_id"] is None and decoded["thresholds"] is None
+    assert {k: v for k, v in decoded.items() if k not in later} == record
+
+
+def test_a_verdict_written_before_thresholds_existed_reads_with_none() -> None:
+    """Verdicts of v1.3 (schemas/history) sit in the decision topic and in case commands; they
+    read with no thresholds, as do overrides, which never had any."""
+    from schemas.codec import HISTORY_DIR
+
+    old = json.loads((HISTORY_DIR / "verdict.v1.3.avsc").read_text())
+    assert "thresholds" not in {f["name"] for f in old["fields"]}
+    parsed = fastavro.parse_schema(old)
+    body = io.BytesIO()
+    record = {k: v for k, v in RECORDS["verdict"]().items() if k != "thresholds"}
+    fastavro.schemaless_writer(body, parsed, record)
+    canonical = fastavro.schema.to_parsing_canonical_form(parsed)
+    fingerprint = bytes.fromhex(fastavro.schema.fingerprint(canonical, "CRC-64-AVRO"))
+    decoded = make_codec(None).decode(b"\xc3\x01" + fingerprint + body.getvalue(), topic="d",
+                                      expect="verdict").record
+    assert decoded["thresholds"] is None
+    assert {k: v for k, v in decoded.items() if k != "thresholds"} == record
 
 
 def test_records_written_with_a_superseded_version_stay_readable() -> None:

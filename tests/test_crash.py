@@ -96,7 +96,10 @@ def test_rebalance_and_kill_9_mid_run_lose_nothing(make_settings: Callable[..., 
         for again in vs[1:]:
             assert again["verdict_id"] == first["verdict_id"]
             assert again["decision"] == first["decision"]
-            assert again["reasons"] == first["reasons"]
             assert again["rules_fired"] == first["rules_fired"]
+            # Exact explanations are equal; the explanation time budget (a machine-speed
+            # fallback, flagged) is the one thing that may explain a re-issue differently.
+            if not {"explanation_simplified"} & {*first["fallbacks"], *again["fallbacks"]}:
+                assert again["reasons"] == first["reasons"]
     # Duplicates come only from work after the last commit: far fewer than what was done before.
     assert extra < at_kill

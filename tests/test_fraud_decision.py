@@ -128,3 +128,9 @@ def test_the_rules_only_decision_is_unchanged() -> None:
                                  [RuleHit("VEL-1H-REVIEW", "r", "review", 0.6)])
     assert (decision.decision, decision.score, decision.model_version, decision.fallbacks) == (
         "REVIEW", 0.6, RULES_ONLY_VERSION, ("rules_only",))
+
+
+def test_thresholds_name_the_tier_they_were_chosen_for() -> None:
+    """The verdict records the tier beside the values (verdict ``thresholds``)."""
+    assert adapt_thresholds(BASE).tier == "normal"
+    assert adapt_thresholds(BASE, tier=CONSERVATIVE_TIER).tier == CONSERVATIVE_TIER

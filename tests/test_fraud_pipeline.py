@@ -412,3 +412,38 @@ def test_the_pipeline_feeds_drift_and_disparity(scorer: BoosterScorer,
     assert drift is not None and set(drift) == set(NAMES)
     assert drift["amount"].status == "act" and drift["merchant_risk"].status != "act"
     assert len(pipe.guardrail.disparity) == 50
+
+
+def test_each_verdict_records_the_thresholds_a_filling_queue_and_false_positives_moved(
+        scorer: BoosterScorer, pool: list[dict[str, float]]) -> None:
+    """The context's queue load and the analysts' findings reach the thresholds the decision
+    compares the score with, and the verdict says which ones it used."""
+    features = find(scorer, pool, 0.0, 0.1, card_velocity_1h=0.0, card_velocity_24h=1.0)
+    pipe = pipeline(scorer)
+    calm = pipe.decide(tx(), features, context(review_queue_capacity=10)).verdict_fields()
+    assert calm["thresholds"] == {"review": BASE.review, "decline": BASE.decline,
+                                  "tier": "normal", "adjustments": []}
+    full = pipe.decide(tx(), features, context(review_queue_depth=12,
+                                               review_queue_capacity=10)).verdict_fields()
+    assert full["thresholds"]["review"] == pytest.approx(BASE.review + BASE.queue_max_raise)
+    assert full["thresholds"]["decline"] == BASE.decline
+    assert "review queue 120% full" in full["thresholds"]["adjustments"][0]
+    for _ in range(pipe.evaluator.min_feedback):  # analysts find every flagged payment genuine
+        pipe.record_feedback("REVIEW", is_fraud=False)
+    noisy = pipe.decide(tx(), features, context(review_queue_capacity=10)).verdict_fields()
+    assert noisy["thresholds"]["review"] == pytest.approx(BASE.review + BASE.fp_max_raise)
+    assert noisy["thresholds"]["decline"] == pytest.approx(
+        min(BASE.decline + BASE.fp_max_raise, BASE.decline_bounds[1]))
+    codec = make_codec(None)
+    record = {"verdict_id": "v-1", "transaction_id": "tx-1", "card_token": "tok_1", **noisy,
+              "processing_latency_ms": 1.0, "transaction_time": WHEN, "decided_at": WHEN,
+              "is_override": False, "overrides_verdict_id": None, "decided_by": "worker"}
+    decoded = codec.decode(codec.encode("verdict", record, topic="t"), topic="t").record
+    assert decoded["thresholds"] == noisy["thresholds"]
+
+
+def test_a_degraded_decision_records_the_conservative_tier(scorer: BoosterScorer) -> None:
+    parts = pipeline(scorer).decide(tx(), None, context(feature_store_ok=False))
+    used = parts.verdict_fields()["thresholds"]
+    assert used["tier"] == "conservative"
+    assert used["review"] == pytest.approx(BASE.review - BASE.conservative_shift)

@@ -111,9 +111,13 @@ class ThresholdConfig:
 
 @dataclass(slots=True)
 class Thresholds:
+    """The thresholds one decision used; each verdict records them (verdict ``thresholds``), so
+    a reader can tell a review the queue's load would have approved from one any day would."""
+
     review: float
     decline: float
     adjustments: tuple[str, ...]
+    tier: str = NORMAL_TIER
 
 
 def adapt_thresholds(config: ThresholdConfig, tier: str = NORMAL_TIER, queue_depth: int = 0,
@@ -140,7 +144,7 @@ def adapt_thresholds(config: ThresholdConfig, tier: str = NORMAL_TIER, queue_dep
     review = min(max(review, config.review_bounds[0]), config.review_bounds[1])
     decline = min(max(decline, config.decline_bounds[0], review + config.min_gap),
                   config.decline_bounds[1])
-    return Thresholds(review, decline, tuple(notes))
+    return Thresholds(review, decline, tuple(notes), tier)
 
 
 @dataclass(slots=True)

@@ -11,6 +11,13 @@ trained on, and is it still right?
   (``scoring.drift``). Periodic, not per verdict, because PSI needs a population; by default once
   per sample size, so each report reads a sample no earlier report has seen and the cost (one
   binning per feature over the sample) is paid once per 5,000 verdicts.
+- **Drift without the registry's baselines**: when the model came without them (a rules-only
+  worker, an old registration) or PSI against them raises (a corrupt baseline), drift is measured
+  against a historical baseline instead: the sample of the first report this evaluator made
+  (``Baseline.from_values`` per column), so a population that moves while the worker runs still
+  shows. ``drift_source`` says which baseline the latest report used (``registry``,
+  ``historical``, or ``none`` until a historical one exists) and ``drift_fallbacks`` counts the
+  reports that fell back; the worker publishes both as metrics. Drift never fails a verdict.
 - **From labels**: rolling AUC and AP over the last ``metrics_window`` labelled scores, and the
   false-positive rate analysts report on flagged payments: the share of REVIEW/DECLINE found
   genuine (strictly 1 - precision of the flags; the textbook FP / (FP + TN) would need labels on
@@ -21,6 +28,7 @@ trained on, and is it still right?
 
 from __future__ import annotations
 
+import logging
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -31,6 +39,7 @@ from scoring.explain import DEFAULT_TOLERANCE, consistency_gap
 __all__ = ["SCORE", "Evaluator", "ExplanationCheck", "LabelMetrics"]
 
 FLAGGED = ("REVIEW", "DECLINE")
+log = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
@@ -68,6 +77,9 @@ class Evaluator:
         self._recent: deque[tuple[float, Mapping[str, float]]] = deque(maxlen=sample_size)
         self._seen = 0
         self.latest_drift: dict[str, FeatureDrift] | None = None
+        self.historical: dict[str, Baseline] = {}  # the first report's sample (module docstring)
+        self.drift_source = "registry" if self.baselines else "none"
+        self.drift_fallbacks = 0
         self._metrics = RollingMetrics(metrics_window)
         self._feedback: deque[bool] = deque(maxlen=feedback_window)  # True = genuine (a FP)
         # Every label and finding ever recorded (the windows above forget), for the metrics.
@@ -98,18 +110,61 @@ class Evaluator:
                 ) -> dict[str, FeatureDrift] | None:
         """Add one verdict to the samples; returns a fresh drift report when one is due.
         ``features`` is read when a report is due: hand over a mapping nobody changes after."""
-        if self.baselines:
-            self._recent.append((score, features))
+        self._recent.append((score, features))
         self._seen += 1
-        if self.baselines and self._seen % self.drift_every == 0:
-            self.latest_drift = self.drift_now()
-            return self.latest_drift
+        if self._seen % self.drift_every == 0:
+            report = self._drift_or_fallback()
+            if report is not None:
+                self.latest_drift = report
+            return report
         return None
 
-    def drift_now(self) -> dict[str, FeatureDrift]:
+    def _drift_or_fallback(self) -> dict[str, FeatureDrift] | None:
+        """PSI against the registry's baselines, else against the historical ones (built from
+        this sample the first time they are needed); None while there is nothing to compare."""
+        if self.baselines:
+            try:
+                report = self.drift_now()
+            except Exception:
+                log.warning("drift against the registry's baselines failed; using the "
+                            "historical baseline", exc_info=True)
+            else:
+                self.drift_source = "registry"
+                if not self.historical:
+                    self.historical = self._snapshot(self.baselines)
+                return report
+        if not self.historical:
+            self.historical = self._snapshot(self.baselines)
+            return None
+        self.drift_fallbacks += 1
+        self.drift_source = "historical"
+        try:
+            return self.drift_now(self.historical)
+        except Exception:  # the last good report stands
+            log.warning("drift against the historical baseline failed", exc_info=True)
+            return None
+
+    def _snapshot(self, names: Mapping[str, Baseline]) -> dict[str, Baseline]:
+        """Baselines from the current sample, for the registry's names or every feature seen."""
+        wanted = list(names) or [SCORE, *sorted({k for _, f in self._recent for k in f})]
+        found: dict[str, Baseline] = {}
+        for name, column in self._columns(wanted).items():
+            try:
+                found[name] = Baseline.from_values(name, column)
+            except ValueError:  # nothing finite to bin
+                continue
+        return found
+
+    def drift_now(self, baselines: Mapping[str, Baseline] | None = None
+                  ) -> dict[str, FeatureDrift]:
+        """PSI of the current sample against ``baselines`` (the registry's by default)."""
+        chosen = self.baselines if baselines is None else baselines
+        return drift_report(chosen, self._columns(list(chosen)))
+
+    def _columns(self, names: Sequence[str]) -> dict[str, list[float]]:
         nan = float("nan")
         columns: dict[str, list[float]] = {}
-        for name in self.baselines:
+        for name in names:
             if name == SCORE:
                 columns[name] = [score for score, _ in self._recent]
                 continue
@@ -117,7 +172,7 @@ class Evaluator:
             if None in column:  # a feature present without a value counts as missing
                 column = [nan if v is None else v for v in column]
             columns[name] = column
-        return drift_report(self.baselines, columns)
+        return columns
 
     # -- from labels ------------------------------------------------------------------------------
 

@@ -30,11 +30,16 @@ online_unavailable          the online learner raised; LightGBM alone
 explanation_missing /       a REVIEW/DECLINE the model scored has no consistent explanation:
 explanation_inconsistent    low confidence, so it cannot decline unless the risk is high
 explanation_failed          computing the explanation raised (then also explanation_missing)
+explanation_simplified      the batch's explanation time budget was spent: the reasons are the
+                            model's global importance over this payment's values, not TreeSHAP
+evaluation_failed           the evaluator's explanation check raised: low confidence, and the
+                            worker queues the payment for offline evaluation
 model_excluded              a guardrail excluded the model (protected attribute among features)
 guardrail_error             a guardrail raised: the payment is blocked (fail closed)
 pipeline_error              this code raised: guardrails alone decide (block, else review)
 evaluator_error /           bookkeeping after the decision raised (drift samples, disparity
-disparity_monitor_error     window); the verdict stands
+disparity_monitor_error     window); the verdict stands (evaluator_error is queued for offline
+                            evaluation too)
 watermark_timeout           (added by the worker) decided before every input partition had
                             handed over the history terminal features read: they may be short
 ==========================  =================================================================
@@ -50,6 +55,15 @@ run and the bulk of real traffic, is not explained by default (``explain_approva
 explaining it would multiply the CPU per approval by about 8 on two shared cores, for reasons
 nobody reads; an analyst who wants one recomputes it from the verdict's model version and the
 logged features. ``reasons`` is empty on such an APPROVE.
+
+**A time budget for explanations** (``explain_budget_ms`` per batch, 50 ms by default): the rows
+are explained in chunks of ``EXPLAIN_CHUNK``, and a chunk starts only if the time spent so far
+plus its expected cost (the running per-row cost) stays within the budget. A backlog batch full
+of flagged payments would otherwise hold every verdict in it for seconds; the rows left over get a
+simplified explanation (``scoring.explain.simplified``: the model's global gain share per feature
+beside this payment's value) and ``explanation_simplified``. A simplified explanation cannot be
+checked against the margin, so it is not: the decision stands as first made (a budget overrun is
+load, not a fault in the model), and the fallback tells the analyst to recompute it.
 
 Contributions are LightGBM's, in raw-margin (log-odds) units; the verdict's ``score`` is the blend
 (``scoring.blend``), so the reasons explain the model's part of the score, and the rules fired
@@ -91,11 +105,12 @@ from agents.fraud.planner import FeatureHealth, ModelHealth, Plan, Planner
 from agents.fraud.risk_scorer import Scorer, ScoreResult, explain_many, score_many
 from schemas.clock import millis_of
 from scoring.blend import Blend, BlendConfig, blend
-from scoring.explain import Contribution, Explanation
+from scoring.explain import Contribution, Explanation, simplified
 from scoring.online import OnlineModel
 from scoring.rules import RuleEngine, RuleHit
 
 __all__ = [
+    "EVALUATION_FAILURES",
     "WHITELIST_RULE",
     "DecisionContext",
     "DecisionPipeline",
@@ -107,6 +122,10 @@ __all__ = [
 FLAGGED = ("REVIEW", "DECLINE")
 # The entry in a verdict's rules_fired when the card's whitelisting turned a review into approval.
 WHITELIST_RULE = "WHITELIST"
+# The fallbacks that say the evaluator failed on a verdict; the worker queues such a payment's
+# evaluation inputs for offline evaluation (streams.worker.stages).
+EVALUATION_FAILURES = ("evaluation_failed", "evaluator_error")
+EXPLAIN_CHUNK = 16  # rows per pred_contrib call under the explanation budget
 _THRESHOLDS = ThresholdConfig()
 _BLEND = BlendConfig()
 
@@ -185,7 +204,17 @@ class VerdictParts:
                            for g in self.guardrails],
             "fallbacks": list(self.fallbacks),
             "customer_message": self.customer_message,
+            "thresholds": self.thresholds_used(),
         }
+
+    def thresholds_used(self) -> dict[str, Any] | None:
+        """The thresholds the score was compared with, as the verdict records them; None where
+        no score was (a guardrail or this chain failed: no trace)."""
+        if self.trace is None:
+            return None
+        used = self.trace.decision.thresholds
+        return {"review": used.review, "decline": used.decline, "tier": used.tier,
+                "adjustments": list(used.adjustments)}
 
 
 def _event_ms(tx: Mapping[str, Any], default: int) -> int:
@@ -230,6 +259,7 @@ class _Staged:
     record: DecisionRecord | None = None
     explanation: Explanation | None = None
     wants_explanation: bool = False
+    simplified: bool = False  # the explanation budget was spent before this row's turn
     explain_ms: float = 0.0
 
 
@@ -243,7 +273,7 @@ class DecisionPipeline:
                  evaluator: Evaluator | None = None, guardrail: Guardrail | None = None,
                  thresholds: ThresholdConfig = _THRESHOLDS,
                  blend_config: BlendConfig = _BLEND, top_k: int = 5,
-                 explain_approvals: bool = False) -> None:
+                 explain_approvals: bool = False, explain_budget_ms: float = 50.0) -> None:
         self.rules = rules
         self.online = online
         self.planner = planner or Planner()
@@ -253,6 +283,8 @@ class DecisionPipeline:
         self.blend_config = blend_config
         self.top_k = top_k
         self.explain_approvals = explain_approvals
+        self.explain_budget_ms = explain_budget_ms
+        self._row_ms = 0.0  # running cost of one exact explanation, for the budget
         self._make_executor = make_executor
         self._models: dict[str, Scorer | None] = {}
         self._executors: dict[str, Executor] = {}
@@ -469,20 +501,39 @@ class DecisionPipeline:
         arms: dict[str, list[_Staged]] = {}
         for s in batch:
             arms.setdefault(s.arm_key, []).append(s)
+        started = time.perf_counter()
         for group in arms.values():
             scorer = group[0].scorer
             assert scorer is not None
-            started = time.perf_counter()
-            try:
-                found = explain_many(scorer, [s.used for s in group])
-            except Exception:
-                for s in group:
-                    s.fallbacks.append("explanation_failed")
-                continue
-            each_ms = (time.perf_counter() - started) * 1000.0 / len(group)
-            for s, explanation in zip(group, found, strict=True):
-                s.explanation = explanation
-                s.explain_ms = each_ms
+            for at in range(0, len(group), EXPLAIN_CHUNK):
+                chunk = group[at:at + EXPLAIN_CHUNK]
+                spent = (time.perf_counter() - started) * 1000.0
+                if spent + self._row_ms * len(chunk) > self.explain_budget_ms:
+                    self._simplify(scorer, group[at:])
+                    break
+                began = time.perf_counter()
+                try:
+                    found = explain_many(scorer, [s.used for s in chunk])
+                except Exception:
+                    for s in group[at:]:
+                        s.fallbacks.append("explanation_failed")
+                    break
+                each_ms = (time.perf_counter() - began) * 1000.0 / len(chunk)
+                self._row_ms = each_ms if self._row_ms == 0.0 else \
+                    0.8 * self._row_ms + 0.2 * each_ms
+                for s, explanation in zip(chunk, found, strict=True):
+                    s.explanation = explanation
+                    s.explain_ms = each_ms
+
+    def _simplify(self, scorer: Scorer, rows: Sequence[_Staged]) -> None:
+        """The rows the budget left: the model's global importance beside their values."""
+        importance = getattr(scorer, "importance", None)
+        shares: Mapping[str, float] = importance() if importance is not None else {}
+        for s in rows:
+            s.explanation = simplified(shares or dict.fromkeys(scorer.feature_names, 1.0),
+                                       s.used)
+            s.simplified = True
+            s.fallbacks.append("explanation_simplified")
 
     # -- the evaluator's check, the final decision and the bookkeeping ----------------------------
 
@@ -492,15 +543,18 @@ class DecisionPipeline:
         assert s.record is not None
         record = s.record
         fallbacks = s.fallbacks
-        check = self.evaluator.check_explanation(
-            record.decision, result is not None,
-            [c for _, _, c in explanation.contributions] if explanation else None,
-            explanation.base_value if explanation else None,
-            result.margin if result else None)
-        if not check.ok:
-            fallbacks.append("explanation_inconsistent" if check.present
-                             else "explanation_missing")
+        try:
+            check = self._check(s)
+        except Exception as exc:  # the worker queues it for offline evaluation
+            check = ExplanationCheck(True, explanation is not None, None, None,
+                                     f"the evaluator raised {type(exc).__name__}")
+            fallbacks.append("evaluation_failed")
             record = self._decision(s, explanation_ok=False)
+        else:
+            if not check.ok:
+                fallbacks.append("explanation_inconsistent" if check.present
+                                 else "explanation_missing")
+                record = self._decision(s, explanation_ok=False)
         # The evaluator's drift samples and the disparity window.
         try:
             self.evaluator.observe(s.mix.score, s.used)
@@ -526,6 +580,19 @@ class DecisionPipeline:
                              hits, s.guard.checks, _dedupe(fallbacks),
                              record.customer_message, s.shadow, trace)
         return self._scrubbed(parts)
+
+    def _check(self, s: _Staged) -> ExplanationCheck:
+        """The evaluator's check of the explanation; a simplified one has no margin to meet."""
+        result, explanation = s.result, s.explanation
+        if s.simplified:
+            return ExplanationCheck(False, True, None, None,
+                                    "simplified: the explanation time budget was spent")
+        assert s.record is not None
+        return self.evaluator.check_explanation(
+            s.record.decision, result is not None,
+            [c for _, _, c in explanation.contributions] if explanation else None,
+            explanation.base_value if explanation else None,
+            result.margin if result else None)
 
     def _rule_reasons(self, hits: Sequence[RuleHit], used: Mapping[str, float]
                       ) -> tuple[Contribution, ...]:

@@ -75,6 +75,7 @@ class BoosterScorer:
             getter if len(names) > 1 else (lambda r: (getter(r),)))
         self._version = model_version
         self._threads = num_threads
+        self._importance: dict[str, float] | None = None
 
     @property
     def model_version(self) -> str:
@@ -116,6 +117,14 @@ class BoosterScorer:
                 out.append(ScoreResult(probability, margin, found[i].contributions,
                                        found[i].base_value, self._version))
         return out
+
+    def importance(self) -> dict[str, float]:
+        """Total gain per feature: the simplified explanation's weights when the explanation
+        budget is spent (computed once; the booster does not change)."""
+        if self._importance is None:
+            gains = self._booster.feature_importance(importance_type="gain")
+            self._importance = {n: float(g) for n, g in zip(self._names, gains, strict=True)}
+        return self._importance
 
     def explain_many(self, rows: Sequence[Mapping[str, float]]) -> list[Explanation]:
         return explain_rows(self._booster, self.matrix(rows), self._names, self._threads)

@@ -25,7 +25,7 @@ from streams.config import Settings
 from streams.topics import DEAD_LETTER_MAX_BYTES, Topic, topic_name
 from streams.worker import metrics
 from streams.worker.admission import Output, Processor, Source, internal_error
-from streams.worker.casework import CaseStage
+from streams.worker.casework import DEPTH_EVERY_S, CaseStage
 from streams.worker.lane import start_lane
 from streams.worker.routing import RoutingStage
 from streams.worker.transport import App, finishing
@@ -95,7 +95,7 @@ def create_app(settings: Settings, lane_ready: Callable[[], bool] = lambda: True
                for t in (Topic.DECISIONS, Topic.DEAD_LETTERS, Topic.HYPOTHESES,
                          Topic.EXPERIMENTS, Topic.ROUTING_POLICY, Topic.CASE_COMMANDS,
                          Topic.CASES, Topic.WHITELIST, Topic.LABELS, Topic.AUDIT,
-                         Topic.NOTIFICATIONS)}
+                         Topic.NOTIFICATIONS, Topic.REVIEW_QUEUE)}
     # The routing loop's state lives on the one partition of its topics (see streams.topics),
     # worked on in memory and checkpointed each second (streams.worker.write_behind).
     analyst_state = WriteBehind(app.Table("analyst-cells", default=dict, partitions=1))
@@ -150,6 +150,12 @@ def create_app(settings: Settings, lane_ready: Callable[[], bool] = lambda: True
                 outs = [admission.dead_letter(raw, source, internal_error(exc))]
             for out in outs:
                 await send(out)
+
+    @app.timer(interval=DEPTH_EVERY_S)  # type: ignore[untyped-decorator]
+    async def publish_queue_depth() -> None:
+        """The last depth change of a burst of commands, which the rate limit held back."""
+        for out in cases.queue_depth():
+            await send(out)
 
     @app.agent(routing_inputs, name="routing", concurrency=1)
     async def routing_agent(stream: faust.StreamT[bytes]) -> None:

@@ -12,7 +12,7 @@ import time
 import uuid
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from agents.cases import CaseBook, CaseResult
@@ -23,6 +23,10 @@ from streams.worker.admission import Output
 
 GAUGE_EVERY_S = 5.0
 REINDEX_EVERY_S = 60.0
+# The review queue's depth goes to every fraud lane at most this often (streams.worker.app calls
+# ``queue_depth`` on a timer as well, so the last change of a burst is not held back).
+DEPTH_EVERY_S = 1.0
+QUEUE_KEY = b"review-queue"
 
 # Where each record a case action produces goes, and what it is keyed by.
 ROUTES: dict[str, tuple[Topic, str]] = {
@@ -64,6 +68,10 @@ class CaseStage:
         self._indexed = float("-inf")
         self.commands = topic_name(Topic.CASE_COMMANDS, self.prefix)
         self.decisions = topic_name(Topic.DECISIONS, self.prefix)
+        self.review_queue = topic_name(Topic.REVIEW_QUEUE, self.prefix)
+        self._published_depth: int | None = None
+        self._published_at = float("-inf")
+        self._depth_changed = False
 
     def open_case(self, verdict_output: Output, at: datetime) -> Output:
         """Ask the case agent to open a case for a REVIEW verdict the terminal stage produced."""
@@ -97,7 +105,26 @@ class CaseStage:
             metrics.CASE_QUEUE.set(self.book.queue_size())
             oldest = self.book.oldest_open_age(now)
             metrics.CASE_OLDEST_S.set(oldest.total_seconds() if oldest else 0.0)
-        return self.outputs(result)
+        self._depth_changed = True
+        return [*self.outputs(result), *self.queue_depth()]
+
+    def queue_depth(self) -> list[Output]:
+        """The queue's depth for the fraud lanes, whose thresholds rise as it fills: when a
+        command since the last one may have changed it, at most every ``DEPTH_EVERY_S``.
+
+        Only a command marks it: after a restart the topic's last record is still the book's
+        depth, and a count taken while the table is being recovered would be wrong."""
+        now = time.monotonic()
+        if not self._depth_changed or now - self._published_at < DEPTH_EVERY_S:
+            return []
+        self._depth_changed = False
+        depth = self.book.queue_size()
+        if depth == self._published_depth:
+            return []
+        self._published_depth, self._published_at = depth, now
+        record = {"depth": depth, "measured_at": datetime.now(UTC)}
+        return [Output(self.review_queue, QUEUE_KEY,
+                       self.codec.encode("review_queue", record, topic=self.review_queue))]
 
     def _verdict(self, cmd: Mapping[str, Any]) -> dict[str, Any]:
         if not cmd["verdict"]:

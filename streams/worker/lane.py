@@ -10,8 +10,9 @@ partitions land on the same worker) reads four topics and one loop works each ba
 
 The card and terminal stages are ``streams.worker.stages``; this module owns only what Kafka
 needs: state per partition (``streams.worker.store``), the watermark gate
-(``streams.worker.watermarks``), the whitelist the decisions read (``streams.worker.whitelist``:
-the whole topic, with its own consumer outside the group) and the checkpoint, which every
+(``streams.worker.watermarks``), the whitelist and the review queue's depth the decisions read
+(``streams.worker.whitelist``, ``streams.worker.review_queue``: each the whole topic, with its
+own consumer outside the group) and the checkpoint, which every
 ``commit_interval_s``
 
 1. writes one changelog record per state key changed since the last checkpoint,
@@ -57,6 +58,7 @@ from streams.worker.casework import CaseStage
 from streams.worker.chain import build_pipeline
 from streams.worker.collector import BatchCollector
 from streams.worker.outbox import Offsets, Outbox
+from streams.worker.review_queue import ReviewQueueFeed
 from streams.worker.routing import RoutingStage
 from streams.worker.stages import (
     CardStage,
@@ -118,6 +120,9 @@ class FraudLane:
         self.terminal_stage = TerminalStage(self.codec, pipeline, prefix)
         self.whitelist = WhitelistFeed(self.codec, topic_name(Topic.WHITELIST, prefix))
         self.terminal_stage.whitelist = self.whitelist.entries
+        self.queue = ReviewQueueFeed(self.codec, topic_name(Topic.REVIEW_QUEUE, prefix),
+                                     settings.review_capacity)
+        self.terminal_stage.review_queue = self.queue.load
         self.cases = CaseStage(self.codec, prefix)
         self.routing = RoutingStage(self.codec, prefix, {})
         self.topics = {t: topic_name(t, prefix) for t in (
@@ -279,6 +284,8 @@ class FraudLane:
         self._ensure_changelogs()
         # Every whitelisting made so far, before the first decision (streams.worker.whitelist).
         self.whitelist.start({**self._base, "group.id": f"{self.settings.app_id}-whitelist"})
+        # And the review queue's depth (streams.worker.review_queue).
+        self.queue.start({**self._base, "group.id": f"{self.settings.app_id}-review-queue"})
         self._connect()
         assert self.consumer is not None and self.outbox is not None
         consumer = self.consumer
@@ -299,6 +306,7 @@ class FraudLane:
                     marks_at = now
                     self._send_marks()
                     self.whitelist.poll()
+                    self.queue.poll()
                 if now - checkpoint_at >= self.settings.commit_interval_s:
                     checkpoint_at = now
                     self._checkpoint(wait=False)
@@ -313,6 +321,7 @@ class FraudLane:
             collector.close()
             consumer.close()
             self.whitelist.close()
+            self.queue.close()
 
     def _process(self, batch: list[Message]) -> None:
         assert self.outbox is not None

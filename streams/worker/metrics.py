@@ -53,6 +53,9 @@ WHITELISTED_CARDS = Gauge("rakshit_whitelisted_cards",
 WHITELIST_APPROVALS = Counter("rakshit_whitelist_approvals",
                               "Payments approved because their card is whitelisted: the model "
                               "alone would have sent them to review.")
+REVIEW_QUEUE_SEEN = Gauge("rakshit_review_queue_seen",
+                          "Unresolved cases as the fraud lane last read them from the case "
+                          "agent (rakshit.review-queue): the depth its thresholds adapt to.")
 WORKER_READY = Gauge("rakshit_worker_ready",
                      "1 once tables are recovered and partitions assigned; 0 while rebalancing.")
 CONSUMER_LAG = Gauge("rakshit_consumer_lag",
@@ -91,6 +94,13 @@ GUARDRAIL_FAILURES = Counter("rakshit_guardrail_failures",
 DRIFT_PSI = Gauge("rakshit_drift_psi",
                   "Population stability index against the champion's training baseline, per "
                   "feature and for the score (0.1: watch, 0.25: act).", ["feature"])
+DRIFT_FALLBACKS = Gauge("rakshit_drift_fallbacks",
+                        "Drift reports measured against the historical baseline (the worker's "
+                        "first sample) because the registry's baselines were missing or failed.")
+DRIFT_HISTORICAL = Gauge("rakshit_drift_historical",
+                         "1 when the latest drift report used the historical baseline.")
+EVALUATION_QUEUED = Counter("rakshit_evaluation_queued",
+                            "Verdicts the evaluator failed on, queued for offline evaluation.")
 # The fraud lane (streams.worker): where a batch's time goes, and its state.
 STAGE_SECONDS = Histogram(
     "rakshit_stage_seconds",

@@ -22,8 +22,9 @@ Labels (an issuer's, a chargeback's, an analyst's resolution of a case) count to
 terminal's risk at once, for transactions a week later in event time; once event time passes
 their ``known_at`` they also teach the online learner and the evaluator (rolling AUC/AP), and an
 analyst's finding on a payment this worker flagged counts towards the false-positive rate the
-decision thresholds adapt to. The decision reads the card's whitelisting, if an analyst made one
-(``streams.worker.whitelist`` keeps them; the chain decides what it may change).
+decision thresholds adapt to, as they do to the review queue's load (``QueueLoad``). The
+decision reads the card's whitelisting, if an analyst made one (``streams.worker.whitelist``
+keeps them; the chain decides what it may change).
 
 The Faust agents in `streams.worker.app` hold the tables and send what these functions return; tests
 drive them directly.
@@ -41,7 +42,13 @@ from typing import Any
 
 from agents.fraud.decision import Whitelisting
 from agents.fraud.guardrail import AmountEntry, record_amount
-from agents.fraud.pipeline import WHITELIST_RULE, DecisionContext, DecisionPipeline, VerdictParts
+from agents.fraud.pipeline import (
+    EVALUATION_FAILURES,
+    WHITELIST_RULE,
+    DecisionContext,
+    DecisionPipeline,
+    VerdictParts,
+)
 from schemas.clock import from_millis, to_millis
 from schemas.codec import (
     HISTORY_DIR,
@@ -180,6 +187,16 @@ _V1_HAND_OVER = ("card_features", "card_amount_history", "card_state_stale_s", "
 
 
 @dataclass(slots=True)
+class QueueLoad:
+    """The review queue as the decisions see it: the case agent's latest depth (the lane's
+    ``streams.worker.review_queue`` keeps it current) and the configured capacity (0: unknown,
+    so the thresholds ignore the queue)."""
+
+    depth: int = 0
+    capacity: int = 0
+
+
+@dataclass(slots=True)
 class Prepared:
     """A transaction observed at its terminal, with its features, waiting for its verdict."""
 
@@ -217,11 +234,14 @@ class TerminalStage:
     labels_unmatched: int = 0
     # Card token -> its whitelisting; the lane keeps it current (streams.worker.whitelist).
     whitelist: Mapping[str, Whitelisting] = field(default_factory=dict)
+    # The review queue's load, which the thresholds adapt to; the lane keeps it current.
+    review_queue: QueueLoad = field(default_factory=QueueLoad)
 
     def __post_init__(self) -> None:
         self.decisions = topic_name(Topic.DECISIONS, self.prefix)
         self.internal = topic_name(Topic.SCORING, self.prefix)
         self.notifications = topic_name(Topic.NOTIFICATIONS, self.prefix)
+        self.evaluation_queue = topic_name(Topic.EVALUATION_QUEUE, self.prefix)
         self._drift_reported: object = None
 
     def decode(self, raw: bytes) -> dict[str, Any]:
@@ -324,6 +344,8 @@ class TerminalStage:
             cached_at_ms=int(t_ms - stale * 1000) if stale is not None else None,
             amount_history=amounts_in(hand_over["card_amount_history"]),
             whitelist=self.whitelist.get(tx["card_token"]),
+            review_queue_depth=self.review_queue.depth,
+            review_queue_capacity=self.review_queue.capacity,
         )
         return state, Prepared(tx, row, context, hand_over, started, waited_out)
 
@@ -352,15 +374,20 @@ class TerminalStage:
         tx = hand_over["transaction"]
         context = DecisionContext(now_ms=to_millis(tx["event_time"]), feature_store_ok=False,
                                   cached_features=None, cached_at_ms=None, amount_history=[],
-                                  whitelist=self.whitelist.get(tx["card_token"]))
+                                  whitelist=self.whitelist.get(tx["card_token"]),
+                                  review_queue_depth=self.review_queue.depth,
+                                  review_queue_capacity=self.review_queue.capacity)
         parts = self.pipeline.decide(tx, None, context)
         return self.verdict(tx, parts, {}, started, hand_over)
 
     def _report_drift(self) -> None:
         """The evaluator recomputes PSI every so many verdicts; publish each new report once."""
-        drift = self.pipeline.evaluator.latest_drift
+        evaluator = self.pipeline.evaluator
+        drift = evaluator.latest_drift
         if drift is not None and drift is not self._drift_reported:
             self._drift_reported = drift
+            metrics.DRIFT_FALLBACKS.set(evaluator.drift_fallbacks)
+            metrics.DRIFT_HISTORICAL.set(evaluator.drift_source == "historical")
             for name, d in drift.items():
                 metrics.DRIFT_PSI.labels(name).set(d.psi)
 
@@ -406,7 +433,24 @@ class TerminalStage:
             metrics.VERDICT_LATENCY.observe(max(0.0, now - source_ts / 1000.0))
         return Output(self.decisions, tx["transaction_id"].encode(), value,
                       opens_case=parts.decision == "REVIEW",
-                      follow_ups=self._notify(record, parts.customer_message))
+                      follow_ups=(*self._notify(record, parts.customer_message),
+                                  *self._queue_evaluation(record, parts)))
+
+    def _queue_evaluation(self, verdict: Mapping[str, Any], parts: VerdictParts
+                          ) -> tuple[Output, ...]:
+        """The evaluator failed on this verdict: what an offline evaluation needs goes to the
+        evaluation queue, so the check and the drift sample it missed can be made up later."""
+        failed = [f for f in parts.fallbacks if f in EVALUATION_FAILURES]
+        if not failed:
+            return ()
+        record = {"transaction_id": verdict["transaction_id"],
+                  "verdict_id": verdict["verdict_id"], "score": verdict["score"],
+                  "decision": verdict["decision"], "model_version": verdict["model_version"],
+                  "features": verdict["features"], "failures": failed,
+                  "queued_at": verdict["decided_at"]}
+        value = self.codec.encode("evaluation_request", record, topic=self.evaluation_queue)
+        metrics.EVALUATION_QUEUED.inc()
+        return (Output(self.evaluation_queue, verdict["transaction_id"].encode(), value),)
 
     def _notify(self, verdict: Mapping[str, Any], message: str) -> tuple[Output, ...]:
         """Declined and reviewed payments: the customer hears why in plain words (the decision

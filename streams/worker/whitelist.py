@@ -34,13 +34,14 @@ from streams.worker.store import partition_bounds
 log = logging.getLogger(__name__)
 
 
-class WhitelistFeed:
-    """Card token -> ``Whitelisting`` in ``entries``, kept current from the topic."""
+class GlobalTable:
+    """A compacted topic read whole, outside the consumer group, and followed between batches;
+    subclasses say what a record means (``_apply``). The review queue's depth
+    (``streams.worker.review_queue``) is read the same way."""
 
     def __init__(self, codec: Codec, topic: str) -> None:
         self.codec = codec
         self.topic = topic
-        self.entries: dict[str, Whitelisting] = {}
         self.consumer: Consumer | None = None
 
     def start(self, config: Mapping[str, Any], timeout_s: float = 120.0) -> None:
@@ -52,7 +53,7 @@ class WhitelistFeed:
         deadline = started + timeout_s
         meta = consumer.list_topics(self.topic, timeout=30).topics.get(self.topic)
         if meta is None or meta.error is not None or not meta.partitions:
-            raise RuntimeError(f"whitelist topic {self.topic} is missing: create the topics first")
+            raise RuntimeError(f"topic {self.topic} is missing: create the topics first")
         ends = {}
         for p in meta.partitions:
             low, high = partition_bounds(consumer, TopicPartition(self.topic, p), deadline)
@@ -67,8 +68,7 @@ class WhitelistFeed:
             for tp in consumer.position([TopicPartition(self.topic, p) for p in ends]):
                 if tp.offset >= ends[tp.partition]:
                     del ends[tp.partition]
-        log.info("whitelist: %d cards read in %.2f s", len(self.entries),
-                 time.monotonic() - started)
+        log.info("%s read in %.2f s", self.topic, time.monotonic() - started)
 
     def poll(self) -> None:
         """Apply what has arrived since the last call, without waiting."""
@@ -80,6 +80,17 @@ class WhitelistFeed:
         if self.consumer is not None:
             self.consumer.close()
             self.consumer = None
+
+    def _apply(self, msg: Message) -> None:
+        raise NotImplementedError
+
+
+class WhitelistFeed(GlobalTable):
+    """Card token -> ``Whitelisting`` in ``entries``, kept current from the topic."""
+
+    def __init__(self, codec: Codec, topic: str) -> None:
+        super().__init__(codec, topic)
+        self.entries: dict[str, Whitelisting] = {}
 
     def _apply(self, msg: Message) -> None:
         if msg.error() is not None:

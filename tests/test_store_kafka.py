@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -82,6 +83,13 @@ def wait_for(what: str, probe: Callable[[], Reply], ok: Callable[[Reply], bool])
     return reply
 
 
+def _api(settings: Settings) -> tuple[subprocess.Popen[bytes], str, str, str]:
+    """`rakshit api` started, with its base URL and a viewer's and an analyst's token."""
+    api, base = start_api(settings, free_port())
+    token = {who["role"]: tok for tok, who in ensure_tokens(settings).items()}
+    return api, base, token["viewer"], token["analyst"]
+
+
 def test_a_decline_older_than_the_window_is_looked_up_and_disputed(
         make_settings: Callable[..., Settings], tmp_path: Path) -> None:
     settings = make_settings()
@@ -91,9 +99,7 @@ def test_a_decline_older_than_the_window_is_looked_up_and_disputed(
     produce_verdicts(settings, 0, [verdict("tx-old", "DECLINE")]
                      + [verdict(f"tx-{i}", "APPROVE") for i in range(window + 100)])
     worker = WorkerProcess(settings, tmp_path / "worker.log").start()
-    api, base = start_api(settings, free_port())
-    token = {who["role"]: tok for tok, who in ensure_tokens(settings).items()}
-    viewer, analyst = token["viewer"], token["analyst"]
+    api, base, viewer, analyst = _api(settings)
     try:
         status, body = wait_for("the old decline in the store",
                                 lambda: call(base, viewer, "GET", "/api/verdicts/tx-old"),
@@ -146,9 +152,7 @@ def test_read_only_while_postgresql_is_down_and_catching_up_after(
         settings = make_settings(database_url=server.create_database("rakshit"))
         ensure_topics(settings)
         produce_verdicts(settings, 0, [verdict("tx-before", "DECLINE")])
-        api, base = start_api(settings, free_port())
-        token = {who["role"]: tok for tok, who in ensure_tokens(settings).items()}
-        viewer, analyst = token["viewer"], token["analyst"]
+        api, base, viewer, analyst = _api(settings)
         try:
             _, body = wait_for("the decline in PostgreSQL",
                                lambda: call(base, viewer, "GET", "/api/verdicts/tx-before"),

@@ -239,7 +239,7 @@ def test_the_terminal_stage_decides_with_the_cards_whitelisting(
         tx = transaction(i, card=card, when=T0 + timedelta(hours=1))
         _, _, row = card_stage.features(None, tx, [])
         hand = card_stage.hand_over(tx, row, [], Source("t", 0, i, None), 0.0)
-        _, ready = terminal_stage.prepare(None, terminal_stage.decode(hand.value), 0.0)
+        _, ready = terminal_stage.prepare({}, terminal_stage.decode(hand.value), 0.0)
         contexts.append(ready.context.whitelist)
     assert contexts == [trusted, None]
 
@@ -306,7 +306,7 @@ def test_a_hand_over_is_decoded_once_and_amounts_cross_in_the_guardrails_form() 
     assert amounts == [(to_millis(t), f"tx-{i:08d}", 9700.0, "EUR") for i, t in
                        enumerate(T0 + timedelta(minutes=10 * (k + 1)) for k in range(3))]
     body = terminal_stage.decode(hand.value)
-    _, ready = terminal_stage.prepare(None, body, 0.0)
+    _, ready = terminal_stage.prepare({}, body, 0.0)
     assert ready.tx == tx and ready.tx["amount"] == Decimal("9700.00")
     assert ready.context.amount_history == amounts  # the tuples the card stage kept
     assert codec.decodes == {"scoring_event": 1}  # no second decode of a nested payload
@@ -377,7 +377,7 @@ def test_hand_overs_a_v1_worker_left_in_the_topic_are_still_decided(registry: bo
     assert is_hand_over(body) and body["transaction"] == tx
     assert body["card_vector"] == [0.5] * len(F.CARD_FEATURES)
     assert body["received_at_ms"] == 1.5e12 and body["card_state_stale_s"] is None
-    _, ready = stage.prepare(None, body, 0.0)
+    _, ready = stage.prepare({}, body, 0.0)
     assert ready.context.amount_history == [(1, "a", 9.9e3, "EUR")]
     assert stage.decide_all([ready])[0].key == tx["transaction_id"].encode()
     label = {"transaction_id": "t", "card_token": "tok_1", "terminal_id": "q",

@@ -477,18 +477,14 @@ class FraudLane:
             return
         table = self.terminals.table(q)
         if not is_hand_over(body):  # a label
-            terminal = body["terminal_id"]
-            self.terminals.put(q, terminal, self.terminal_stage.observe_label(
-                table.get(terminal), body))
+            self._put_all(q, self.terminal_stage.observe_label(table, body))
             return
         tx = body["transaction"]
         t_ms = to_millis(tx["event_time"])
         held = self.held[q]
         if held or not self.gate.ready(q, t_ms):
             # Observed now (later decisions count it), decided once the watermarks allow.
-            terminal = tx["terminal_id"]
-            self.terminals.put(q, terminal, F.terminal_observe_tx(
-                table.get(terminal), tx["transaction_id"], t_ms))
+            self._put_all(q, self.terminal_stage.observe(table, tx))
             held.append(Held(src.offset, body, t_ms, received))
             metrics.HELD_DECISIONS.set(sum(len(h) for h in self.held.values()))
             return
@@ -497,16 +493,19 @@ class FraudLane:
     def _prepare(self, q: int, hand_over: dict[str, Any], started: float,
                  waited_out: bool) -> None:
         """Observe and read features now; the batch's decisions are made together at its end."""
-        terminal = hand_over["transaction"]["terminal_id"]
         try:
-            state, ready = self.terminal_stage.prepare(self.terminals.table(q).get(terminal),
-                                                       hand_over, started, waited_out)
-            self.terminals.put(q, terminal, state)
+            updates, ready = self.terminal_stage.prepare(self.terminals.table(q), hand_over,
+                                                         started, waited_out)
+            self._put_all(q, updates)
             self.pending.append(ready)
         except Exception:
             log.exception("terminal state failed; deciding without features")
             metrics.FEATURE_STORE_ERRORS.inc()
             self._emit(self._without_state(q, hand_over, started))
+
+    def _put_all(self, q: int, updates: Mapping[str, Any]) -> None:
+        for key, state in updates.items():
+            self.terminals.put(q, key, state)
 
     def _without_state(self, q: int, hand_over: Mapping[str, Any], started: float) -> Output:
         try:

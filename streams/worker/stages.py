@@ -280,15 +280,26 @@ class TerminalStage:
         return {"transaction": payload, "card_vector": old.get("card_vector", []),
                 **{k: old[k] for k in _V1_HAND_OVER}}
 
-    def observe_label(self, state: dict[str, Any] | None,
+    def observe(self, table: Mapping[str, Any], tx: Mapping[str, Any]) -> dict[str, Any]:
+        """The state a transaction changes in its scoring partition, by key (idempotent per
+        transaction id). Store each entry before the partition's next record reads the table."""
+        terminal = tx["terminal_id"]
+        return {terminal: F.terminal_observe_tx(table.get(terminal), tx["transaction_id"],
+                                                to_millis(tx["event_time"]))}
+
+    def observe_label(self, table: Mapping[str, Any],
                       label: Mapping[str, Any]) -> dict[str, Any]:
+        """The state a label changes in its scoring partition, by key (idempotent per
+        transaction id), and the label queued for the learners (``_learn_due``)."""
         fraud = label["label"] in ("FRAUD", "CHARGEBACK")
-        state = F.terminal_observe_label(state, label["transaction_id"],
-                                         to_millis(label["transaction_time"]), fraud)
+        terminal = label["terminal_id"]
+        updates = {terminal: F.terminal_observe_label(
+            table.get(terminal), label["transaction_id"], to_millis(label["transaction_time"]),
+            fraud)}
         heapq.heappush(self.pending, (to_millis(label["known_at"]), label["transaction_id"],
                                       fraud, str(label.get("source") or "UNKNOWN")))
         self._learn_due()
-        return state
+        return updates
 
     def _learn_due(self) -> None:
         """Teach every label whose known_at event time has passed to the online learner and the
@@ -322,20 +333,20 @@ class TerminalStage:
         if rate is not None:
             metrics.FALSE_POSITIVE_RATE.set(rate)
 
-    def prepare(self, state: dict[str, Any] | None, hand_over: Mapping[str, Any],
+    def prepare(self, table: Mapping[str, Any], hand_over: Mapping[str, Any],
                 started: float, waited_out: bool = False) -> tuple[dict[str, Any], Prepared]:
-        """Observe the transaction at its terminal and read its features: the new terminal
-        state (store it before the next transaction of the batch reads it) and what the
-        decision needs. ``waited_out``: the watermarks never allowed it
+        """Observe the transaction in its scoring partition and read its features: the changed
+        state by key (``observe``; store it before the batch's next record reads the table) and
+        what the decision needs. ``waited_out``: the watermarks never allowed it
         (streams.worker.watermarks), so its terminal history may be short; the verdict says
         so (fallback ``watermark_timeout``)."""
         tx = hand_over["transaction"]
         t_ms = to_millis(tx["event_time"])
         amount = to_eur(tx["amount"], tx["currency"])
-        state = F.terminal_observe_tx(state, tx["transaction_id"], t_ms)
+        updates = self.observe(table, tx)
         row = F.transaction_features(t_ms, amount)
         row.update(card_features_in(hand_over))
-        row.update(F.terminal_features(state, t_ms))
+        row.update(F.terminal_features(updates[tx["terminal_id"]], t_ms))
         stale = hand_over["card_state_stale_s"]
         context = DecisionContext(
             now_ms=t_ms,
@@ -347,7 +358,7 @@ class TerminalStage:
             review_queue_depth=self.review_queue.depth,
             review_queue_capacity=self.review_queue.capacity,
         )
-        return state, Prepared(tx, row, context, hand_over, started, waited_out)
+        return updates, Prepared(tx, row, context, hand_over, started, waited_out)
 
     def decide_all(self, batch: list[Prepared]) -> list[Output]:
         """Verdicts for prepared transactions, in order: one decision-chain call for the batch

@@ -478,6 +478,7 @@ class FraudLane:
         table = self.terminals.table(q)
         if not is_hand_over(body):  # a label
             self._put_all(q, self.terminal_stage.observe_label(table, body))
+            self.terminal_stage.queue_label(body)
             return
         tx = body["transaction"]
         t_ms = to_millis(tx["event_time"])

@@ -186,6 +186,10 @@ _V1_HAND_OVER = ("card_features", "card_amount_history", "card_state_stale_s", "
                  "source_timestamp_ms")
 
 
+def is_fraud(label: Mapping[str, Any]) -> bool:
+    return label["label"] in ("FRAUD", "CHARGEBACK")
+
+
 @dataclass(slots=True)
 class QueueLoad:
     """The review queue as the decisions see it: the case agent's latest depth (the lane's
@@ -290,16 +294,17 @@ class TerminalStage:
     def observe_label(self, table: Mapping[str, Any],
                       label: Mapping[str, Any]) -> dict[str, Any]:
         """The state a label changes in its scoring partition, by key (idempotent per
-        transaction id), and the label queued for the learners (``_learn_due``)."""
-        fraud = label["label"] in ("FRAUD", "CHARGEBACK")
+        transaction id). The learners take it separately (``queue_label``)."""
         terminal = label["terminal_id"]
-        updates = {terminal: F.terminal_observe_label(
+        return {terminal: F.terminal_observe_label(
             table.get(terminal), label["transaction_id"], to_millis(label["transaction_time"]),
-            fraud)}
+            is_fraud(label))}
+
+    def queue_label(self, label: Mapping[str, Any]) -> None:
+        """The label waits for the learners until event time passes its ``known_at``."""
         heapq.heappush(self.pending, (to_millis(label["known_at"]), label["transaction_id"],
-                                      fraud, str(label.get("source") or "UNKNOWN")))
+                                      is_fraud(label), str(label.get("source") or "UNKNOWN")))
         self._learn_due()
-        return updates
 
     def _learn_due(self) -> None:
         """Teach every label whose known_at event time has passed to the online learner and the

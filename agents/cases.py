@@ -580,6 +580,10 @@ class CaseBook:
             labels = ({"transaction_id": original["transaction_id"],
                        "card_token": original["card_token"],
                        "terminal_id": original.get("terminal_id"),
+                       # Verdicts before v1.5 carry no merchant: the label then goes by
+                       # terminal, which is right for handbook traffic (merchant = terminal).
+                       "merchant_id": original.get("merchant_id") or original.get("terminal_id"),
+                       "device_id": original.get("device_id"),
                        "label": _LABELS[resolution], "fraud_scenario": None,
                        "transaction_time": original["transaction_time"], "known_at": ctx.now,
                        "source": "ANALYST"},)

@@ -407,7 +407,11 @@ class ConfluentCodec(_AvroCodec):
             raise DecodeError(
                 "unknown_schema", f"schema id {schema_id} is {parsed['name']}, not a repo schema"
             )
-        writer = self._resolver(repo, parsed, named)
+        # A registered schema we know by its fingerprint reads as the single-object path reads
+        # it: a codec whose readers are several versions of one record (the worker's reader of
+        # v1.x scoring events, schemas/history) then reads each version with its own schema.
+        writer = (self._by_fingerprint.get(_fingerprint(parsed))
+                  or self._resolver(repo, parsed, named))
         self._by_id[schema_id] = writer
         return writer
 

@@ -43,6 +43,7 @@ __all__ = [
     "RollingMetrics",
     "average_precision",
     "drift_report",
+    "flag_precision",
     "psi",
     "roc_auc",
     "status",
@@ -179,17 +180,23 @@ def average_precision(scores: Sequence[float], labels: Sequence[bool]) -> float 
 
 
 class RollingMetrics:
-    """AUC and AP over the most recent ``window`` labelled scores."""
+    """AUC, AP and the flags' precision over the most recent ``window`` labelled scores.
+
+    Precision here is of the decisions, not of a threshold on the score: among labelled payments
+    that were flagged (REVIEW or DECLINE), the share that were fraud. ``to_state`` gives the
+    window as plain lists, so it can be saved and merged with other partitions' windows."""
 
     def __init__(self, window: int = 5_000) -> None:
         if window < 1:
             raise ValueError("window must be at least 1")
         self._scores: deque[float] = deque(maxlen=window)
         self._labels: deque[bool] = deque(maxlen=window)
+        self._flagged: deque[bool] = deque(maxlen=window)
 
-    def add(self, score: float, label: bool) -> None:
+    def add(self, score: float, label: bool, flagged: bool = False) -> None:
         self._scores.append(float(score))
         self._labels.append(bool(label))
+        self._flagged.append(bool(flagged))
 
     def __len__(self) -> int:
         return len(self._scores)
@@ -203,3 +210,26 @@ class RollingMetrics:
 
     def average_precision(self) -> float | None:
         return average_precision(list(self._scores), list(self._labels))
+
+    def precision(self) -> float | None:
+        """Fraud among the flagged labelled payments; None when none was flagged."""
+        return flag_precision(self._labels, self._flagged)
+
+    def to_state(self) -> dict[str, list[Any]]:
+        return {"scores": list(self._scores), "labels": list(self._labels),
+                "flagged": list(self._flagged)}
+
+    def restore(self, state: Mapping[str, Sequence[Any]]) -> None:
+        scores, labels = state.get("scores", ()), state.get("labels", ())
+        flagged = state.get("flagged") or [False] * len(scores)
+        for score, label, flag in zip(scores, labels, flagged, strict=True):
+            self.add(float(score), bool(label), bool(flag))
+
+
+def flag_precision(labels: Iterable[bool], flagged: Iterable[bool]) -> float | None:
+    hits = total = 0
+    for label, flag in zip(labels, flagged, strict=True):
+        if flag:
+            total += 1
+            hits += bool(label)
+    return hits / total if total else None

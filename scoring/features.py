@@ -70,7 +70,9 @@ class FeatureSpec:
     name: str
     definition: str
     sources: tuple[str, ...]
-    entity: str  # "transaction" | "card" | "terminal": whose state it is read from
+    # "transaction" | "card" | "terminal" | "merchant" (merchant and device state, both kept in
+    # the merchant's scoring partition): whose state it is read from
+    entity: str
 
 
 def _baseline() -> list[FeatureSpec]:
@@ -165,7 +167,25 @@ _GATEWAY = (
                 "card's home location (where its earliest transaction with a location "
                 "happened); 0 when either is unknown", ("gateway",), "card"),
 )
-FEATURES: tuple[FeatureSpec, ...] = (*_baseline(), *_EXTRA, *_GATEWAY)
+# Merchant and device risk (scoring.merchant keeps their state). Gateway-only: the handbook has
+# neither merchants nor devices, so a handbook model never sees them and a handbook-shaped
+# transaction's row leaves them out rather than faking a value.
+_MERCHANT = (
+    FeatureSpec("merchant_fraud_rate_7d", "fraud labels (FRAUD or CHARGEBACK) that became known "
+                "in (t-7d, t] for the merchant's transactions, divided by the merchant's "
+                "transactions in (t-7d, t] (this one included): a chargeback-ratio figure; 0 when "
+                "none are known. A label counts only once known (known_at <= t). For a merchant "
+                "busier than the state keeps (2,048 transactions), both counts cover only the "
+                "span the kept transactions reach back to", ("gateway",), "merchant"),
+    FeatureSpec("device_reputation_score", "min(1, (distinct cards on the device at this "
+                "merchant in (t-24h, t], this one's included, - 1) / 9 + frauds known by t "
+                "(known_at <= t) among the device's transactions at this merchant in "
+                "(t-30d, t] / 3): 0 for one card and no known fraud, 1 from ten cards in a day "
+                "or three known frauds; higher is worse. The device as this merchant's scoring "
+                "partition sees it (the worker keeps no cross-merchant device state). 0 (no "
+                "evidence) when the transaction has no device", ("gateway",), "merchant"),
+)
+FEATURES: tuple[FeatureSpec, ...] = (*_baseline(), *_EXTRA, *_GATEWAY, *_MERCHANT)
 
 _BY_NAME = {f.name: f for f in FEATURES}
 assert len(_BY_NAME) == len(FEATURES), "duplicate feature name"

@@ -157,13 +157,15 @@ class ModelRegistry:
 
     def register(self, model: TrainedModel, train_frame: pd.DataFrame, *,
                  metrics: Mapping[str, Any] | None = None, bump: str | None = None,
-                 shadow: bool = False, notes: str = "") -> str:
+                 shadow: bool = False, notes: str = "", source: str = "handbook") -> str:
         """Store ``model`` as the next version and return it; it serves nowhere until promoted.
 
         ``train_frame``: the rows it was trained on, for the baseline distributions of each
         feature and of the score. The version starts at 1.0.0; a changed feature list bumps the
         minor part (the input contract changed), anything else the patch part, unless ``bump``
-        says otherwise.
+        says otherwise. ``source`` names the traffic it was trained on ("handbook",
+        "simulator", ...): a model serves best the kind it learned from, and the demo looks for
+        its own.
         """
         existing = self.list_versions()
         if not existing:
@@ -189,6 +191,7 @@ class ModelRegistry:
             "score_baseline": distribution(scores),
             "shadow": bool(shadow),
             "notes": notes,
+            "source": source,
         }
         staging = Path(tempfile.mkdtemp(dir=self.root, prefix=f".{version}."))
         model.booster.save_model(str(staging / "model.txt"))

@@ -69,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     tail.add_argument("--json", action="store_true", help="one JSON object per line")
 
     train = sub.add_parser("train", help="train a LightGBM model and register it")
+    train.add_argument("--source", choices=("handbook", "simulator"), default="handbook",
+                       help="handbook data, or N days of simulator traffic made offline (judged "
+                            "with and without the merchant and device features)")
     train.add_argument("--data", type=Path, default=HANDBOOK_DIR)
     train.add_argument("--from", dest="start", type=date.fromisoformat, default=None,
                        help="training window start (default: the newest labelled week)")
@@ -76,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="training window end, exclusive")
     train.add_argument("--promote", action="store_true",
                        help="make it the champion (the first model always is)")
+    train.add_argument("--days", type=int, default=35, help="simulator: days of traffic")
+    train.add_argument("--seed", type=int, default=7, help="simulator: the world and its traffic")
+    train.add_argument("--tx-per-day", type=float, default=10_000.0,
+                       help="simulator: transactions per day of event time")
 
     models = sub.add_parser("models", help="list, promote, roll back, set a challenger")
     models.add_argument("action", nargs="?", default="list",
@@ -242,6 +249,15 @@ def main(argv: list[str] | None = None) -> int:
 
         with contextlib.suppress(KeyboardInterrupt):
             tail(settings, args.topic, args.from_beginning, args.max, args.json)
+        return 0
+
+    if args.command == "train" and args.source == "simulator":
+        from streams.simulator.training import train_simulated
+        from streams.worker.chain import registry_for
+
+        trained = train_simulated(registry_for(settings), days=args.days, seed=args.seed,
+                                  tx_per_day=args.tx_per_day, promote=args.promote or None)
+        print(json.dumps(trained, indent=2, default=str))
         return 0
 
     if args.command == "train":

@@ -32,6 +32,9 @@ class Settings:
     controller_port: int = 9093
     kafka_version: str = "4.3.1"
     home: Path = field(default_factory=lambda: REPO_ROOT / ".rakshit")
+    # The model registry; None is home/models. The demo keeps its own (a champion trained on
+    # the simulator's traffic) so the one serving handbook replays stays as it is.
+    models_dir: Path | None = None
     schema_registry_url: str | None = None
     topic_prefix: str = ""
     default_partitions: int = 6
@@ -45,6 +48,9 @@ class Settings:
     # Unresolved cases the analysts can work without delay: the review threshold rises as the
     # case book's queue fills past 70% of it (agents.fraud.decision). 0: no queue adjustment.
     review_capacity: int = 500
+    # Labels a partition's online learner must have seen before the blend gives it any weight
+    # (scoring.blend: full weight at 25 times this).
+    online_min_labels: int = 200
 
     # The API's durable store (streams.store): None is SQLite under home; postgresql://... for
     # PostgreSQL.
@@ -64,6 +70,11 @@ class Settings:
         """The gateways' static route weights (JSON: issuer -> route -> weight), written by the
         simulator and the demo; the Pilot shifts traffic from these and restores to them."""
         return self.home / "routing-baseline.json"
+
+    @property
+    def models(self) -> Path:
+        """The model registry's root (RAKSHIT_MODELS_DIR, default home/models)."""
+        return self.models_dir or self.home / "models"
 
     @property
     def features_cache(self) -> Path:
@@ -94,6 +105,7 @@ class Settings:
             "RAKSHIT_METRICS_ADDR": self.metrics_addr,
             "RAKSHIT_COMMIT_INTERVAL_S": str(self.commit_interval_s),
             "RAKSHIT_REVIEW_CAPACITY": str(self.review_capacity),
+            "RAKSHIT_ONLINE_MIN_LABELS": str(self.online_min_labels),
             "RAKSHIT_MAX_RECORD_BYTES": str(self.max_record_bytes),
             "RAKSHIT_MAX_AMOUNT": str(self.max_amount),
             "RAKSHIT_MAX_FUTURE_SKEW_S": str(self.max_future_skew_s),
@@ -104,6 +116,8 @@ class Settings:
             env["SCHEMA_REGISTRY_URL"] = self.schema_registry_url
         if self.database_url:
             env["RAKSHIT_DATABASE_URL"] = self.database_url
+        if self.models_dir:
+            env["RAKSHIT_MODELS_DIR"] = str(self.models_dir)
         return env
 
     @classmethod
@@ -114,6 +128,8 @@ class Settings:
             controller_port=int(_env("RAKSHIT_CONTROLLER_PORT", "9093")),
             kafka_version=_env("RAKSHIT_KAFKA_VERSION", "4.3.1"),
             home=Path(_env("RAKSHIT_HOME", str(REPO_ROOT / ".rakshit"))),
+            models_dir=Path(os.environ["RAKSHIT_MODELS_DIR"])
+            if os.environ.get("RAKSHIT_MODELS_DIR") else None,
             schema_registry_url=os.environ.get("SCHEMA_REGISTRY_URL") or None,
             database_url=os.environ.get("RAKSHIT_DATABASE_URL") or None,
             topic_prefix=_env("RAKSHIT_TOPIC_PREFIX", ""),
@@ -124,6 +140,7 @@ class Settings:
             metrics_addr=_env("RAKSHIT_METRICS_ADDR", "127.0.0.1"),
             commit_interval_s=float(_env("RAKSHIT_COMMIT_INTERVAL_S", "1.0")),
             review_capacity=int(_env("RAKSHIT_REVIEW_CAPACITY", "500")),
+            online_min_labels=int(_env("RAKSHIT_ONLINE_MIN_LABELS", "200")),
             max_record_bytes=int(_env("RAKSHIT_MAX_RECORD_BYTES", str(64 * 1024))),
             max_amount=float(_env("RAKSHIT_MAX_AMOUNT", "1000000")),
             max_future_skew_s=float(_env("RAKSHIT_MAX_FUTURE_SKEW_S", "600")),

@@ -32,6 +32,7 @@ class Topic(StrEnum):
     AUDIT = "audit"
     NOTIFICATIONS = "notifications"
     EVALUATION_QUEUE = "evaluation-queue"
+    MODEL_QUALITY = "model-quality"
 
 
 @dataclass(frozen=True)
@@ -81,14 +82,18 @@ TOPICS: tuple[TopicSpec, ...] = (
     # writer (the case agent); compaction keeps the latest depth.
     TopicSpec(Topic.REVIEW_QUEUE, "review_queue", "review-queue", 1, -1, True,
               "Unresolved fraud cases, latest count; every fraud lane reads it."),
+    # One record per scoring partition, from whichever worker owns it: the API merges them all
+    # into the fleet's AUC, AP and precision (streams.worker.learning). Compacted: the latest.
+    TopicSpec(Topic.MODEL_QUALITY, "model_quality", "partition", 1, -1, True,
+              "Each scoring partition's window of labelled scores, for fleet-wide quality."),
     TopicSpec(Topic.DEAD_LETTERS, "dead_letter", "source", 1, 30 * DAY_MS, False,
               "Records that could not be processed: original bytes (card data redacted), reason.",
               # Room for any record the input topics accept (1 MiB) plus the dead-letter envelope.
               max_message_bytes=DEAD_LETTER_MAX_BYTES),
     # Internal to the worker: re-keys admitted transactions and labels by terminal for the
     # terminal stage. Short retention: a record here matters only until it is scored.
-    TopicSpec(Topic.SCORING, "scoring_event", "terminal_id", None, 1 * DAY_MS, False,
-              "Worker-internal: card stage to terminal stage, keyed by terminal."),
+    TopicSpec(Topic.SCORING, "scoring_event", "merchant_id", None, 1 * DAY_MS, False,
+              "Worker-internal: card stage to terminal stage, keyed by merchant."),
     # Internal to the worker: admitted outcomes on one partition, so one Analyst sees every
     # route of an issuer and every issuer of a route (scope needs both) and one Pilot holds the
     # limits that span issuers (concurrent experiments).

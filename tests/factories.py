@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -28,6 +29,8 @@ def transaction(i: int, card: str | None = None, amount: str = "42.50",
         "event_time": when or (datetime.now(UTC) - timedelta(seconds=5)),
     }
     tx.update(overrides)
+    if "merchant_id" not in overrides:  # a terminal belongs to one merchant, as in the world
+        tx["merchant_id"] = f"m-{zlib.crc32(str(tx['terminal_id']).encode()) % 13}"
     return tx
 
 

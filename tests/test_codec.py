@@ -84,6 +84,8 @@ RECORDS: dict[str, Callable[[], dict[str, Any]]] = {
         "transaction_id": "txn-000017",
         "card_token": "tok_9f2c1ab7",
         "terminal_id": "term-0042",
+        "merchant_id": "mer-0007",
+        "device_id": "dev_3fa1",
         "decision": "REVIEW",
         "score": 0.731,
         "model_version": "lgbm-2025-03-01+rules-14",
@@ -117,11 +119,14 @@ RECORDS: dict[str, Callable[[], dict[str, Any]]] = {
         "card_state_stale_s": None,
         "received_at_ms": 1.5e12,
         "source_timestamp_ms": 1.5e12,
+        "decided_from": {"0": 41, "2": 7},
     }},
     "label": lambda: {
         "transaction_id": "txn-000017",
         "card_token": "tok_9f2c1ab7",
         "terminal_id": "term-0042",
+        "merchant_id": "mer-0007",
+        "device_id": None,
         "label": "CHARGEBACK",
         "fraud_scenario": "card_not_present",
         "transaction_time": T0,
@@ -244,6 +249,10 @@ RECORDS: dict[str, Callable[[], dict[str, Any]]] = {
         "queued_at": T0 + timedelta(minutes=1),
     },
     "review_queue": lambda: {"depth": 412, "measured_at": T0 + timedelta(seconds=3)},
+    "model_quality": lambda: {"partition": 4, "updated_at": T0 + timedelta(seconds=9),
+                              "scores": [0.91, 0.12, 0.47], "frauds": [True, False, False],
+                              "flagged": [True, False, True], "labels_recorded": 1_234,
+                              "feedback_genuine": 3, "feedback_total": 57},
     "whitelist": lambda: {
         "card_token": "tok_9f2c1ab7",
         "since": T0 + timedelta(minutes=20),
@@ -799,7 +808,7 @@ def test_a_verdict_written_before_terminal_id_existed_reads_with_none() -> None:
     assert "terminal_id" not in {f["name"] for f in old["fields"]}
     parsed = fastavro.parse_schema(old)
     body = io.BytesIO()
-    later = ("terminal_id", "thresholds")  # fields added since v1.2
+    later = ("terminal_id", "merchant_id", "device_id", "thresholds")  # added since v1.2
     record = {k: v for k, v in RECORDS["verdict"]().items() if k not in later}
     fastavro.schemaless_writer(body, parsed, record)
     canonical = fastavro.schema.to_parsing_canonical_form(parsed)
@@ -807,6 +816,7 @@ def test_a_verdict_written_before_terminal_id_existed_reads_with_none() -> None:
     decoded = make_codec(None).decode(b"\xc3\x01" + fingerprint + body.getvalue(), topic="d",
                                       expect="verdict").record
     assert decoded["terminal_id"] is None and decoded["thresholds"] is None
+    assert decoded["merchant_id"] is None and decoded["device_id"] is None
     assert {k: v for k, v in decoded.items() if k not in later} == record
 
 
@@ -819,14 +829,15 @@ def test_a_verdict_written_before_thresholds_existed_reads_with_none() -> None:
     assert "thresholds" not in {f["name"] for f in old["fields"]}
     parsed = fastavro.parse_schema(old)
     body = io.BytesIO()
-    record = {k: v for k, v in RECORDS["verdict"]().items() if k != "thresholds"}
+    later = ("thresholds", "merchant_id", "device_id")  # fields added since v1.3
+    record = {k: v for k, v in RECORDS["verdict"]().items() if k not in later}
     fastavro.schemaless_writer(body, parsed, record)
     canonical = fastavro.schema.to_parsing_canonical_form(parsed)
     fingerprint = bytes.fromhex(fastavro.schema.fingerprint(canonical, "CRC-64-AVRO"))
     decoded = make_codec(None).decode(b"\xc3\x01" + fingerprint + body.getvalue(), topic="d",
                                       expect="verdict").record
     assert decoded["thresholds"] is None
-    assert {k: v for k, v in decoded.items() if k != "thresholds"} == record
+    assert {k: v for k, v in decoded.items() if k not in later} == record
 
 
 def test_records_written_with_a_superseded_version_stay_readable() -> None:
@@ -848,3 +859,25 @@ def test_records_written_with_a_superseded_version_stay_readable() -> None:
     data = b"\xc3\x01" + fingerprint + body.getvalue()
     decoded = make_codec(None).decode(data, topic="t", expect="label").record
     assert decoded["terminal_id"] is None and decoded["label"] == "FRAUD"
+
+
+@pytest.mark.parametrize(("schema", "old"), [("label", "label.v1.1.avsc"),
+                                             ("verdict", "verdict.v1.4.avsc")])
+def test_records_written_before_merchant_and_device_existed_read_with_none(
+        schema: str, old: str) -> None:
+    """Labels of v1.1 and verdicts of v1.4 (schemas/history) sit in their topics: they read
+    with no merchant and no device, and the worker then routes the label by terminal."""
+    from schemas.codec import HISTORY_DIR
+
+    raw = json.loads((HISTORY_DIR / old).read_text())
+    assert not {"merchant_id", "device_id"} & {f["name"] for f in raw["fields"]}
+    parsed = fastavro.parse_schema(raw)
+    body = io.BytesIO()
+    record = {k: v for k, v in RECORDS[schema]().items() if k not in ("merchant_id", "device_id")}
+    fastavro.schemaless_writer(body, parsed, record)
+    canonical = fastavro.schema.to_parsing_canonical_form(parsed)
+    fingerprint = bytes.fromhex(fastavro.schema.fingerprint(canonical, "CRC-64-AVRO"))
+    decoded = make_codec(None).decode(b"\xc3\x01" + fingerprint + body.getvalue(), topic="x",
+                                      expect=schema).record
+    assert decoded["merchant_id"] is None and decoded["device_id"] is None
+    assert {k: v for k, v in decoded.items() if k not in ("merchant_id", "device_id")} == record

@@ -103,6 +103,18 @@ def test_the_dashboard_live(stack: tuple[Settings, str, dict[str, str]]) -> None
             expect(page.locator("[data-testid=experiments] tr").first).to_contain_text(
                 "issuer-9", timeout=WAIT_MS)
             page.screenshot(path=SHOTS / "2-outage-hypothesis-experiment.png", full_page=True)
+            # Two partitions' windows of labelled scores, as their workers publish them (the
+            # worker here published its own partitions' empty windows when it took them): the
+            # page shows the API's merge (every fraud outscores every genuine payment: AUC 1).
+            quality = name(settings, Topic.MODEL_QUALITY)
+            codec = make_codec(None)
+            produce(settings, [(quality, str(q).encode(), codec.encode("model_quality", {
+                **RECORDS["model_quality"](), "partition": q, "scores": [0.9 - q / 10, 0.1],
+                "frauds": [True, False], "flagged": [True, False]}, topic=quality))
+                for q in (0, 1)])
+            expect(page.locator("[data-testid=quality]")).to_contain_text(
+                "4 labels, 2 frauds): AUC 1.000, AP 1.000, precision of flags 1.000",
+                timeout=WAIT_MS)
 
             produce(settings, first_records + second_records)
             page.locator(f"[data-testid=claim-{first}]").click(timeout=WAIT_MS)

@@ -58,7 +58,11 @@ def test_row_features_supply_every_column_of_both_models() -> None:
     card = F.card_observe(None, "a", _ms("2018-04-01T10:00:00"), 10.0, country="FR")
     terminal = F.terminal_observe_tx(None, "a", _ms("2018-04-01T10:00:00"))
     row = F.row_features(card, terminal, _ms("2018-04-01T10:00:00"), 10.0, country="DE")
-    assert set(F.feature_names("handbook")) | set(F.feature_names("gateway")) <= set(row)
+    # The merchant and device features come from their own state (scoring.merchant).
+    merchant = {f.name for f in F.FEATURES if f.entity == "merchant"}
+    assert merchant == {"merchant_fraud_rate_7d", "device_reputation_score"}
+    assert (set(F.feature_names("handbook")) | set(F.feature_names("gateway"))) - merchant \
+        <= set(row)
     assert row["cross_border_transaction_flag"] == 1.0
     json.dumps(row)  # plain floats, ready for a verdict record
 

@@ -127,9 +127,15 @@ def test_decline_disparity_flags_a_segment_declined_far_more_than_the_rest() -> 
     assert not fr.passed and "country=FR" in fr.detail
     assert de.passed
     assert it.passed and "too few" in it.detail
+    # saved and restored (a partition moving to another worker), the window judges the same
+    again = DisparityMonitor.from_state(monitor.to_state(), monitor.config)
+    assert len(again) == len(monitor) == 270
+    assert [again.check({"country": c}) for c in ("FR", "DE", "IT")] == [fr, de, it]
     # an hour later the old decisions have left the window
-    monitor.record(NOW_MS + 61 * MINUTE_MS, {"country": "DE"}, declined=False)
-    assert monitor.check({"country": "FR"}).passed
+    for m in (monitor, again):
+        m.record(NOW_MS + 61 * MINUTE_MS, {"country": "DE"}, declined=False)
+        assert m.check({"country": "FR"}).passed
+        assert len(m) == 1
 
 
 def test_card_numbers_in_verdict_text_are_masked_and_fail_the_check() -> None:

@@ -122,8 +122,10 @@ def test_the_worker_reports_drift_against_the_historical_baseline() -> None:
     evaluator = Evaluator({SCORE: _corrupt(SCORE), names[0]: _corrupt(names[0])},
                           drift_every=10, sample_size=10)
     pipeline = _pipeline(evaluator=evaluator)
-    verdicts = _run(LocalLane(Settings(), pipeline), _traffic(30), set())
+    local = LocalLane(Settings(), pipeline)
+    verdicts = _run(local, _traffic(30), set())
     assert all("evaluator_error" not in v["fallbacks"] for v in verdicts)  # no verdict failed
+    evaluator = local.lane.terminal_stage.learn.of(0).evaluator  # the partition's, like it
     assert evaluator.drift_source == "historical" and evaluator.drift_fallbacks == 2
     assert REGISTRY.get_sample_value("rakshit_drift_historical") == 1.0
     assert REGISTRY.get_sample_value("rakshit_drift_fallbacks") == 2.0

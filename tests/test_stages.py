@@ -22,6 +22,7 @@ from agents.fraud.pipeline import DecisionPipeline
 from schemas.clock import to_millis, whole_millis
 from schemas.codec import HISTORY_DIR, SCHEMA_DIR, Codec, ConfluentCodec, Decoded, make_codec
 from scoring import features as F
+from scoring import merchant as M
 from scoring.online import make_online
 from scoring.rules import RuleEngine
 from streams.config import Settings
@@ -81,6 +82,8 @@ def _run(local: LocalLane, txs: list[dict[str, Any]], fraud_ids: set[str]
             label = {"transaction_id": labelled["transaction_id"],
                      "card_token": labelled["card_token"],
                      "terminal_id": labelled["terminal_id"],
+                     "merchant_id": labelled["merchant_id"],
+                     "device_id": labelled["device_id"],
                      "label": "FRAUD" if labelled["transaction_id"] in fraud_ids else "GENUINE",
                      "fraud_scenario": None, "transaction_time": labelled["event_time"],
                      "known_at": known_at, "source": "SIMULATOR"}
@@ -122,23 +125,28 @@ def _offline(txs: list[dict[str, Any]], fraud_ids: set[str]) -> list[dict[str, f
     """The offline builder's way: the same state functions, labels applied when known."""
     cards: dict[str, Any] = {}
     terminals: dict[str, Any] = {}
+    merchants: dict[str, Any] = {}  # merchant and device state, by scoring.merchant's keys
     pending = sorted((tx["event_time"] + timedelta(days=7), tx) for tx in txs)
     rows = []
     for tx in txs:
         t = to_millis(tx["event_time"])
         while pending and pending[0][0] <= tx["event_time"]:
-            _, labelled = pending.pop(0)
+            known_at, labelled = pending.pop(0)
             lt = to_millis(labelled["event_time"])
+            fraud = labelled["transaction_id"] in fraud_ids
             terminals[labelled["terminal_id"]] = F.terminal_observe_label(
-                terminals.get(labelled["terminal_id"]), labelled["transaction_id"], lt,
-                labelled["transaction_id"] in fraud_ids)
+                terminals.get(labelled["terminal_id"]), labelled["transaction_id"], lt, fraud)
+            merchants.update(M.observe_label(merchants, labelled, lt, to_millis(known_at),
+                                             fraud))
         cards[tx["card_token"]] = F.card_observe(cards.get(tx["card_token"]),
                                                  tx["transaction_id"], t, float(tx["amount"]),
                                                  tx["country"])
         terminals[tx["terminal_id"]] = F.terminal_observe_tx(terminals.get(tx["terminal_id"]),
                                                              tx["transaction_id"], t)
-        rows.append(F.row_features(cards[tx["card_token"]], terminals[tx["terminal_id"]], t,
-                                   float(tx["amount"]), tx["country"]))
+        merchants.update(M.observe_tx(merchants, tx, t))
+        row = F.row_features(cards[tx["card_token"]], terminals[tx["terminal_id"]], t,
+                             float(tx["amount"]), tx["country"])
+        rows.append({**row, **M.features(merchants, tx, t)})
     return rows
 
 
@@ -172,10 +180,12 @@ def test_labels_teach_the_online_learner_only_once_known(local: LocalLane) -> No
     txs = _traffic(300)
     _run(local, txs, {tx["transaction_id"] for tx in txs[::7]})
     last = to_millis(txs[-1]["event_time"])
-    assert terminal_stage.labels_learned > 0
-    # Nothing learned ahead of its time: every label still pending is known after the watermark.
-    assert all(known > terminal_stage.watermark_ms for known, *_ in terminal_stage.pending)
-    assert terminal_stage.watermark_ms == last
+    learned = terminal_stage.learn.of(0)
+    assert learned.labels_learned > 0
+    assert learned.online is not None and learned.online.labels_seen == learned.labels_learned
+    # Nothing learned ahead of its time: every label still waiting is known after the watermark.
+    assert all(known > learned.watermark_ms for known, *_ in learned.waiting)
+    assert learned.watermark_ms == last
 
 
 def _command(stage: CaseStage, kind: str, at: datetime, **fields: Any) -> bytes:
@@ -191,7 +201,7 @@ def test_an_analysts_finding_teaches_terminal_risk_the_learners_and_the_evaluato
     """A REVIEW, its case resolved CONFIRMED_FRAUD by the real case book, and the label it
     makes fed back into the lane: the terminal's risk a week later counts it, and once event
     time passes its known_at the online learner, the evaluator and its feedback have it."""
-    codec, pipeline = local.codec, local.lane.terminal_stage.pipeline
+    codec = local.codec
     tx_topic, decisions = local.topic(Topic.TRANSACTIONS), local.topic(Topic.DECISIONS)
 
     def decide(tx: dict[str, Any]) -> tuple[dict[str, Any], bytes]:
@@ -217,16 +227,16 @@ def test_an_analysts_finding_teaches_terminal_risk_the_learners_and_the_evaluato
     labels = [(o.key, o.value) for o in outs if o.topic == local.topic(Topic.LABELS)]
     assert len(labels) == 1
     assert local.feed(Topic.LABELS, labels) == {}
-    assert pipeline.evaluator.labels_recorded == 0  # not before event time reaches known_at
+    learned = local.lane.terminal_stage.learn.of(0)  # what the partition learned
+    assert learned.evaluator.labels_recorded == 0  # not before event time reaches known_at
 
     later, _ = decide(transaction(100, card="tok_other", terminal_id="term-x",
                                   when=T0 + timedelta(days=8)))
     assert later["features"]["TERMINAL_ID_RISK_7DAY_WINDOW"] == pytest.approx(1 / 8)
     assert later["features"]["TERMINAL_ID_NB_TX_7DAY_WINDOW"] == 8.0
-    stage = local.lane.terminal_stage
-    assert (stage.labels_learned, stage.labels_unmatched) == (1, 0)
-    assert pipeline.online is not None and pipeline.online.labels_seen == 1
-    assert (pipeline.evaluator.labels_recorded, pipeline.evaluator.feedback_recorded) == (1, 1)
+    assert (learned.labels_learned, learned.labels_unmatched) == (1, 0)
+    assert learned.online is not None and learned.online.labels_seen == 1
+    assert (learned.evaluator.labels_recorded, learned.evaluator.feedback_recorded) == (1, 1)
 
 
 def test_the_terminal_stage_decides_with_the_cards_whitelisting(
@@ -327,9 +337,14 @@ def test_the_body_is_a_hand_over_a_label_or_a_watermark(
              "label": "FRAUD", "fraud_scenario": None, "transaction_time": T0,
              "known_at": T0 + timedelta(days=8), "source": "ISSUER"}
     out = card_stage.forward_label(label)
-    assert out is not None and out.key == b"q"
+    assert out is not None and out.key == b"q"  # no merchant named: by terminal
     body = terminal_stage.decode(out.value)
-    assert body == label and not is_watermark(body) and not is_hand_over(body)
+    assert body == {**label, "merchant_id": None, "device_id": None}
+    assert not is_watermark(body) and not is_hand_over(body)
+    named = {**label, "merchant_id": "m", "device_id": "d"}
+    out = card_stage.forward_label(named)
+    assert out is not None and out.key == b"m"  # where its transaction's hand-over went
+    assert terminal_stage.decode(out.value) == named
 
 
 def test_the_nested_transaction_and_label_are_the_repo_schemas() -> None:
@@ -384,5 +399,5 @@ def test_hand_overs_a_v1_worker_left_in_the_topic_are_still_decided(registry: bo
              "label": "GENUINE", "fraud_scenario": None, "transaction_time": T0,
              "known_at": T0, "source": "ISSUER"}
     assert stage.decode(_v1("LABEL", codec.encode("label", label, topic="t"),
-                            codec, registry)) == label
+                            codec, registry)) == {**label, "merchant_id": None, "device_id": None}
     assert stage.decode(_v1("WATERMARK", b"", codec, registry)) == {"watermarks": {"labels/0": 7}}

@@ -29,9 +29,11 @@ trained on, and is it still right?
 from __future__ import annotations
 
 import logging
+import math
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from scoring.drift import SCORE, Baseline, FeatureDrift, RollingMetrics, drift_report
 from scoring.explain import DEFAULT_TOLERANCE, consistency_gap
@@ -61,6 +63,7 @@ class LabelMetrics:
     positives: int
     auc: float | None
     average_precision: float | None
+    precision: float | None = None  # fraud among the flagged labelled payments
 
 
 class Evaluator:
@@ -68,6 +71,8 @@ class Evaluator:
                  sample_size: int = 5_000, metrics_window: int = 5_000,
                  feedback_window: int = 1_000, min_feedback: int = 50,
                  tolerance: float = DEFAULT_TOLERANCE) -> None:
+        self._settings = (drift_every, sample_size, metrics_window, feedback_window, min_feedback,
+                          tolerance)
         self.baselines = dict(baselines or {})
         self.drift_every = drift_every
         self.tolerance = tolerance
@@ -85,6 +90,10 @@ class Evaluator:
         # Every label and finding ever recorded (the windows above forget), for the metrics.
         self.labels_recorded = 0
         self.feedback_recorded = 0
+
+    def fresh(self) -> Evaluator:
+        """An evaluator with these baselines and settings and nothing seen (a new partition's)."""
+        return Evaluator(self.baselines, *self._settings)
 
     # -- per verdict ------------------------------------------------------------------------------
 
@@ -176,13 +185,14 @@ class Evaluator:
 
     # -- from labels ------------------------------------------------------------------------------
 
-    def record_label(self, score: float, is_fraud: bool) -> None:
-        self._metrics.add(score, is_fraud)
+    def record_label(self, score: float, is_fraud: bool, flagged: bool = False) -> None:
+        """A label for a scored payment; ``flagged``: it was reviewed or declined."""
+        self._metrics.add(score, is_fraud, flagged)
         self.labels_recorded += 1
 
     def metrics(self) -> LabelMetrics:
         return LabelMetrics(len(self._metrics), self._metrics.positives, self._metrics.auc(),
-                            self._metrics.average_precision())
+                            self._metrics.average_precision(), self._metrics.precision())
 
     def record_feedback(self, decision: str, is_fraud: bool) -> None:
         """An analyst's finding on a flagged payment (only REVIEW/DECLINE count)."""
@@ -190,9 +200,56 @@ class Evaluator:
             self._feedback.append(not is_fraud)
             self.feedback_recorded += 1
 
+    def feedback_counts(self) -> tuple[int, int]:
+        """(flagged payments found genuine, findings) in the window."""
+        return sum(self._feedback), len(self._feedback)
+
     @property
     def false_positive_rate(self) -> float | None:
         if len(self._feedback) < self.min_feedback:
             return None
         return sum(self._feedback) / len(self._feedback)
 
+    # -- saved and restored with the partition it learned from ------------------------------------
+
+    def label_state(self) -> dict[str, Any]:
+        """The label windows as plain data (small: written at every checkpoint that changed it)."""
+        return {"window": self._metrics.to_state(), "feedback": list(self._feedback),
+                "labels_recorded": self.labels_recorded,
+                "feedback_recorded": self.feedback_recorded}
+
+    def restore_labels(self, state: Mapping[str, Any]) -> None:
+        self._metrics.restore(state.get("window", {}))
+        self._feedback.extend(bool(x) for x in state.get("feedback", ()))
+        self.labels_recorded = int(state.get("labels_recorded", 0))
+        self.feedback_recorded = int(state.get("feedback_recorded", 0))
+
+    def drift_state(self) -> dict[str, Any]:
+        """The drift sample (as columns; a missing value as null) and the historical baseline:
+        large, so the worker writes it less often than the label windows."""
+        names = sorted({k for _, f in self._recent for k in f})
+        columns = {name: [_json_float(f.get(name)) for _, f in self._recent] for name in names}
+        return {"scores": [score for score, _ in self._recent], "columns": columns,
+                "seen": self._seen, "drift_source": self.drift_source,
+                "drift_fallbacks": self.drift_fallbacks,
+                "historical": {n: [list(b.edges), list(b.proportions), b.missing]
+                               for n, b in self.historical.items()}}
+
+    def restore_drift(self, state: Mapping[str, Any]) -> None:
+        columns: Mapping[str, Sequence[float | None]] = state.get("columns", {})
+        nan = float("nan")
+        for i, score in enumerate(state.get("scores", ())):
+            row = {n: nan if (v := c[i]) is None else float(v) for n, c in columns.items()}
+            self._recent.append((float(score), row))
+        self._seen = int(state.get("seen", 0))
+        self.drift_source = str(state.get("drift_source", self.drift_source))
+        self.drift_fallbacks = int(state.get("drift_fallbacks", 0))
+        self.historical = {n: Baseline(n, tuple(e), tuple(p), float(m))
+                           for n, (e, p, m) in state.get("historical", {}).items()}
+
+
+def _json_float(value: float | None) -> float | None:
+    """JSON has no NaN: a missing value is null."""
+    if value is None or not math.isfinite(value):
+        return None
+    return float(value)

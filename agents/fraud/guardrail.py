@@ -34,7 +34,6 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
-from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from difflib import SequenceMatcher
@@ -318,56 +317,96 @@ class DisparityConfig:
     max_ratio: float = 3.0
     window_ms: int = HOUR_MS
     min_count: int = 50  # segments with fewer decisions in the window are not judged
-    max_events: int = 100_000
+    bucket_ms: int = 60_000
+
+
+Counts = list[int]  # [decisions, declines]
 
 
 class DisparityMonitor:
-    """Decline counts per segment over a sliding event-time window, updated incrementally.
+    """Decline counts per segment over a sliding event-time window of one-minute buckets.
 
-    Events are expired from the oldest end as the newest event time advances; records from
-    partitions that lag may leave an event up to their lag longer than the window, which is fine
-    for an alarm.
+    Buckets rather than events: the window's size no longer grows with the traffic (an hour at
+    100 tx/s was 360,000 events), so it can be saved with the rest of what a partition has learned
+    (``to_state``) at every checkpoint. The window covers the buckets within ``window_ms`` of the
+    newest one; a decision older than that is not counted, since it would leave at once.
     """
 
     def __init__(self, config: DisparityConfig = DisparityConfig()) -> None:
         self.config = config
-        self._events: deque[tuple[int, tuple[str, ...], bool]] = deque()
-        self._segments: dict[tuple[str, str], list[int]] = {}
+        self._span = max(1, config.window_ms // config.bucket_ms)
+        self._buckets: dict[int, dict[tuple[str, str], Counts]] = {}
+        self._bucket_totals: dict[int, Counts] = {}
+        self._segments: dict[tuple[str, str], Counts] = {}
         self._total = [0, 0]
-        self._newest = -math.inf
+        self._newest: int | None = None
 
     def __len__(self) -> int:
         """Decisions currently in the window."""
-        return len(self._events)
+        return self._total[0]
 
     def segments(self, tx: Mapping[str, Any]) -> tuple[str, ...]:
         return tuple([str(tx.get(d) or "UNKNOWN") for d in self.config.dimensions])
 
-    def _expire(self) -> None:
-        horizon = self._newest - self.config.window_ms
-        while self._events and (self._events[0][0] <= horizon
-                                or len(self._events) > self.config.max_events):
-            _, values, declined = self._events.popleft()
-            self._total[0] -= 1
-            self._total[1] -= declined
-            for key in zip(self.config.dimensions, values, strict=True):
-                counts = self._segments[key]
-                counts[0] -= 1
-                counts[1] -= declined
-                if counts[0] == 0:
+    def _add(self, bucket: int, key: tuple[str, str], n: int, declines: int) -> None:
+        counts = self._buckets.setdefault(bucket, {}).setdefault(key, [0, 0])
+        counts[0] += n
+        counts[1] += declines
+        window = self._segments.setdefault(key, [0, 0])
+        window[0] += n
+        window[1] += declines
+
+    def _advance(self, bucket: int) -> None:
+        if self._newest is not None and bucket <= self._newest:
+            return
+        self._newest = bucket
+        for old in [b for b in self._bucket_totals if b <= bucket - self._span]:
+            total = self._bucket_totals.pop(old)
+            self._total[0] -= total[0]
+            self._total[1] -= total[1]
+            for key, (n, d) in self._buckets.pop(old, {}).items():
+                window = self._segments[key]
+                window[0] -= n
+                window[1] -= d
+                if window[0] == 0:
                     del self._segments[key]
 
     def record(self, event_ms: int, tx: Mapping[str, Any], declined: bool) -> None:
-        values = self.segments(tx)
-        self._events.append((int(event_ms), values, bool(declined)))
-        self._newest = max(self._newest, int(event_ms))
-        self._total[0] += 1
-        self._total[1] += declined
+        bucket = int(event_ms) // self.config.bucket_ms
+        self._advance(bucket)
+        assert self._newest is not None
+        if bucket <= self._newest - self._span:
+            return  # older than the window
+        self._count(bucket, self.segments(tx), 1, int(bool(declined)))
+
+    def _count(self, bucket: int, values: Sequence[str], n: int, declines: int) -> None:
+        total = self._bucket_totals.setdefault(bucket, [0, 0])
+        total[0] += n
+        total[1] += declines
+        self._total[0] += n
+        self._total[1] += declines
         for key in zip(self.config.dimensions, values, strict=True):
-            counts = self._segments.setdefault(key, [0, 0])
-            counts[0] += 1
-            counts[1] += declined
-        self._expire()
+            self._add(bucket, key, n, declines)
+
+    def to_state(self) -> dict[str, Any]:
+        """The window as plain data: per bucket, its decisions and declines per segment."""
+        return {"newest": self._newest, "buckets": [
+            [b, self._bucket_totals[b], [[k[0], k[1], c[0], c[1]] for k, c in seg.items()]]
+            for b, seg in sorted(self._buckets.items())]}
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any],
+                   config: DisparityConfig = DisparityConfig()) -> DisparityMonitor:
+        monitor = cls(config)
+        for bucket, total, segments in state.get("buckets", ()):
+            monitor._bucket_totals[int(bucket)] = [int(total[0]), int(total[1])]
+            monitor._total[0] += int(total[0])
+            monitor._total[1] += int(total[1])
+            for dim, value, n, d in segments:
+                monitor._add(int(bucket), (str(dim), str(value)), int(n), int(d))
+        newest = state.get("newest")
+        monitor._newest = None if newest is None else int(newest)
+        return monitor
 
     def check(self, tx: Mapping[str, Any]) -> Check:
         total, declines = self._total
@@ -452,8 +491,10 @@ class Guardrail:
         return Check("aml_sanctions", True, f"{screened} name(s) screened, no match")
 
     def screen(self, tx: Mapping[str, Any], amount_history: Sequence[Sequence[Any]],
-               event_ms: int, model_features: Sequence[str] | None) -> GuardrailOutcome:
-        """Every pre-decision check. Never raises: an error blocks (see the module docstring)."""
+               event_ms: int, model_features: Sequence[str] | None,
+               disparity: DisparityMonitor | None = None) -> GuardrailOutcome:
+        """Every pre-decision check. Never raises: an error blocks (see the module docstring).
+        ``disparity``: the window to judge against (a partition's own; the agent's by default)."""
         checks: list[Check] = []
         try:
             if model_features is not None:
@@ -462,11 +503,12 @@ class Guardrail:
             checks.append(structuring_check(
                 amount_history, str(tx["transaction_id"]), float(tx["amount"]),
                 str(tx["currency"]), event_ms, self.config.structuring))
-            checks.append(self.disparity.check(tx))
+            checks.append((disparity or self.disparity).check(tx))
         except Exception as exc:
             return failed_closed(exc, checks)
         return GuardrailOutcome.of(checks)
 
-    def observe_decision(self, tx: Mapping[str, Any], event_ms: int, decision: str) -> None:
+    def observe_decision(self, tx: Mapping[str, Any], event_ms: int, decision: str,
+                         disparity: DisparityMonitor | None = None) -> None:
         """Feed the disparity window with the decision actually taken."""
-        self.disparity.record(event_ms, tx, decision == "DECLINE")
+        (disparity or self.disparity).record(event_ms, tx, decision == "DECLINE")

@@ -96,11 +96,13 @@ from agents.fraud.executor import Execution, Executor
 from agents.fraud.guardrail import (
     BLOCK,
     Check,
+    DisparityMonitor,
     Guardrail,
     GuardrailOutcome,
     check_card_data,
     failed_closed,
 )
+from agents.fraud.learned import Learned
 from agents.fraud.planner import FeatureHealth, ModelHealth, Plan, Planner
 from agents.fraud.risk_scorer import Scorer, ScoreResult, explain_many, score_many
 from schemas.clock import millis_of
@@ -152,6 +154,8 @@ class DecisionContext:
     amount_history: Sequence[Sequence[Any]] = ()  # the card's guardrail.AmountEntry list
     upstream_error: bool = False
     whitelist: Whitelisting | None = None
+    # What the transaction's partition has learned (agents.fraud.learned); the chain's own if None.
+    learned: Learned | None = None
 
 
 @dataclass(slots=True)
@@ -273,12 +277,17 @@ class DecisionPipeline:
                  evaluator: Evaluator | None = None, guardrail: Guardrail | None = None,
                  thresholds: ThresholdConfig = _THRESHOLDS,
                  blend_config: BlendConfig = _BLEND, top_k: int = 5,
-                 explain_approvals: bool = False, explain_budget_ms: float = 50.0) -> None:
+                 explain_approvals: bool = False, explain_budget_ms: float = 50.0,
+                 make_learned: Callable[[], Learned] | None = None) -> None:
         self.rules = rules
         self.online = online
         self.planner = planner or Planner()
         self.evaluator = evaluator or Evaluator()
         self.guardrail = guardrail or Guardrail()
+        # What the chain learns when the caller does not say whose it is (a context's
+        # ``learned``); the worker keeps one per partition, made by ``new_learned``.
+        self.learned = Learned(online, self.evaluator, self.guardrail.disparity)
+        self._make_learned = make_learned
         self.thresholds = thresholds
         self.blend_config = blend_config
         self.top_k = top_k
@@ -304,15 +313,32 @@ class DecisionPipeline:
 
     # -- learning from what comes back ------------------------------------------------------------
 
-    def record_label(self, features: Mapping[str, float], score: float, is_fraud: bool) -> None:
-        """A label for a scored transaction: rolling AUC/AP, and one step of the online learner."""
-        self.evaluator.record_label(score, is_fraud)
-        if self.online is not None:
-            self.online.learn_one(self._online_view(features), is_fraud)
+    def new_learned(self) -> Learned:
+        """A fresh ``Learned`` of the chain's kinds: the worker's factory, else copies of the
+        chain's own settings with nothing learned."""
+        if self._make_learned is not None:
+            return self._make_learned()
+        online = None if self.online is None else type(self.online)()
+        return Learned(online, self.evaluator.fresh(),
+                       DisparityMonitor(self.guardrail.disparity.config))
 
-    def record_feedback(self, decision: str, is_fraud: bool) -> None:
+    def record_label(self, features: Mapping[str, float], score: float, is_fraud: bool,
+                     decision: str = "APPROVE", learned: Learned | None = None) -> None:
+        """A label for a scored transaction: rolling AUC/AP and the flags' precision, and one
+        step of the online learner (``learned``: whose; the chain's own by default)."""
+        into = learned or self.learned
+        into.evaluator.record_label(score, is_fraud, decision in FLAGGED)
+        if into.online is not None:
+            into.online.learn_one(self._online_view(features), is_fraud)
+        into.labels_learned += 1
+        into.changed = True
+
+    def record_feedback(self, decision: str, is_fraud: bool,
+                        learned: Learned | None = None) -> None:
         """An analyst's finding on a flagged payment (drives the false-positive adjustment)."""
-        self.evaluator.record_feedback(decision, is_fraud)
+        into = learned or self.learned
+        into.evaluator.record_feedback(decision, is_fraud)
+        into.changed = True
 
     def _online_view(self, features: Mapping[str, float]) -> dict[str, float]:
         key = frozenset(features)
@@ -457,19 +483,22 @@ class DecisionPipeline:
         plan, used, result, scorer = s.plan, s.used, s.result, s.scorer
         assert plan is not None
         s.hits = self.rules.evaluate(used)
+        learned = s.context.learned or self.learned
+        online = learned.online
         online_p: float | None = None
-        if result is not None and self.online is not None:
+        if result is not None and online is not None:
             try:
-                online_p = self.online.predict_one(self._online_view(used))
+                online_p = online.predict_one(self._online_view(used))
             except Exception:
                 s.fallbacks.append("online_unavailable")
-        s.labels_seen = self.online.labels_seen if self.online is not None else 0
+        s.labels_seen = online.labels_seen if online is not None else 0
         s.mix = blend(result.probability if result else None, online_p, s.labels_seen,
                       [h.score for h in s.hits], self.blend_config)
         s.shadow = self._shadow(plan, used)
         # The guardrail runs before the decision: it can block or ask for review.
         screened = self.guardrail.screen(s.tx, s.context.amount_history, s.event_ms,
-                                         scorer.feature_names if scorer is not None else None)
+                                         scorer.feature_names if scorer is not None else None,
+                                         learned.disparity)
         if screened.error is None:
             s.guard = GuardrailOutcome.of((*s.excluded, *screened.checks))
         else:
@@ -477,7 +506,7 @@ class DecisionPipeline:
             s.fallbacks.append("guardrail_error")
         s.thresholds = adapt_thresholds(self.thresholds, s.tier, s.context.review_queue_depth,
                                         s.context.review_queue_capacity,
-                                        self.evaluator.false_positive_rate)
+                                        learned.evaluator.false_positive_rate)
         s.record = self._decision(s, explanation_ok=True)
         if result is not None and result.explained and result.base_value is not None:
             s.explanation = Explanation(result.contributions, result.base_value)
@@ -556,12 +585,14 @@ class DecisionPipeline:
                                  else "explanation_missing")
                 record = self._decision(s, explanation_ok=False)
         # The evaluator's drift samples and the disparity window.
+        learned = s.context.learned or self.learned
+        learned.changed = True
         try:
-            self.evaluator.observe(s.mix.score, s.used)
+            learned.evaluator.observe(s.mix.score, s.used)
         except Exception:
             fallbacks.append("evaluator_error")
         try:
-            self.guardrail.observe_decision(s.tx, s.event_ms, record.decision)
+            self.guardrail.observe_decision(s.tx, s.event_ms, record.decision, learned.disparity)
         except Exception:
             fallbacks.append("disparity_monitor_error")
         if result is not None:

@@ -22,7 +22,7 @@ from typing import Any
 from agents.routing import route_health
 from agents.routing.outcomes import Outcome
 from scoring.drift import SCORE as SCORE_NAME
-from scoring.drift import Baseline, drift_report
+from scoring.drift import Baseline, average_precision, drift_report, flag_precision, roc_auc
 
 __all__ = ["HEALTH_WINDOWS", "SCHEMAS", "ReadModel", "case_row", "dispute_view", "feed",
            "jsonable", "to_datetime"]
@@ -31,7 +31,7 @@ Record = dict[str, Any]
 Event = dict[str, Any]
 
 SCHEMAS = ("verdict", "case", "hypothesis", "experiment", "routing_policy", "audit",
-           "case_command", "authorization_outcome")
+           "case_command", "authorization_outcome", "model_quality")
 HEALTH_WINDOWS = {"1m": 60.0, "5m": 300.0, "60m": 3600.0}
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # A verdict's feature map is for parity checks and retraining, not for a person: keep it out of
@@ -158,8 +158,9 @@ class ReadModel:
             "verdict": self._verdict, "case": self._case, "hypothesis": self._hypothesis,
             "experiment": self._experiment, "routing_policy": self._policy,
             "audit": self._audit_entry, "case_command": self._command,
-            "authorization_outcome": self._outcome,
+            "authorization_outcome": self._outcome, "model_quality": self._quality,
         }
+        self._windows: dict[int, Record] = {}  # scoring partition -> its latest window
 
     # -- feeding -----------------------------------------------------------------------------
 
@@ -306,6 +307,10 @@ class ReadModel:
         self._audit.append(rec)
         return rec
 
+    def _quality(self, rec: Record) -> Record | None:
+        self._windows[int(rec["partition"])] = rec
+        return None  # the merged figures are read on demand (``quality``), not streamed
+
     def _command(self, rec: Record) -> Record:
         self._commands.append(rec)
         return rec
@@ -417,6 +422,27 @@ class ReadModel:
         with self._lock:
             rows = list(reversed(self._commands))
         return [jsonable(r) for r in rows]
+
+    def quality(self) -> Record:
+        """The model's quality on labelled traffic across the fleet: every scoring partition's
+        window (whichever worker published it) merged, then AUC, AP and the flags' precision
+        computed once over the union, exactly as ``scoring.metrics`` computes them offline."""
+        with self._lock:
+            windows = list(self._windows.values())
+        scores = [s for w in windows for s in w["scores"]]
+        frauds = [f for w in windows for f in w["frauds"]]
+        flagged = [f for w in windows for f in w["flagged"]]
+        genuine = sum(int(w["feedback_genuine"]) for w in windows)
+        findings = sum(int(w["feedback_total"]) for w in windows)
+        updated = max((w["updated_at"] for w in windows), default=None)
+        return _obj({
+            "partitions": len(windows), "labels_in_windows": len(scores),
+            "frauds_in_windows": sum(frauds),
+            "labels_recorded": sum(int(w["labels_recorded"]) for w in windows),
+            "auc": roc_auc(scores, frauds), "average_precision": average_precision(scores, frauds),
+            "precision": flag_precision(frauds, flagged),
+            "false_positive_rate": genuine / findings if findings else None,
+            "analyst_findings": findings, "updated_at": updated})
 
     def models(self) -> Record:
         """The registry's view (if a callable was given) and what recent verdicts actually used,

@@ -241,6 +241,12 @@ ROUTES: tuple[_Route, ...] = (
     _Route("GET", "/api/verdicts", "verdicts", "viewer", "Recent verdicts",
            query=(_LIMIT,), ok=(200, "Verdicts", _ARRAY)),
     _Route("GET", "/api/models", "models", "viewer", "Registry models and the ones in use"),
+    _Route("GET", "/api/model-quality", "model_quality", "viewer",
+           "The model's rolling AUC, AP and flag precision on labelled traffic, merged over "
+           "every scoring partition's window (whichever worker holds it)"),
+    _Route("GET", "/metrics", "prometheus", None,
+           "Fleet-wide model quality in Prometheus' text format (aggregates only: no card, "
+           "case or person)", ok=(200, "Prometheus text exposition", {"type": "string"})),
     _Route("GET", "/api/audit", "audit", "admin", "Recent audit entries", query=(_LIMIT,),
            ok=(200, "Audit entries", _ARRAY)),
     _Route("GET", "/api/events", "events", "viewer",
@@ -622,6 +628,22 @@ class _Api:
     async def models(self, request: web.Request) -> web.Response:
         return web.json_response(self.model.models())
 
+    async def model_quality(self, request: web.Request) -> web.Response:
+        return web.json_response(jsonable(self.model.quality()))
+
+    async def prometheus(self, request: web.Request) -> web.Response:
+        """Gauges computed at scrape time from the merged windows: a ratio like AUC cannot be
+        summed over workers, so Prometheus reads it here, where the windows meet."""
+        q = self.model.quality()
+        lines = []
+        for name, key, text in QUALITY_GAUGES:
+            value = q.get(key)
+            lines.append(f"# HELP {name} {text}\n# TYPE {name} gauge")
+            lines.append(f"{name} {float('nan') if value is None else float(value)}")
+        return web.Response(text="\n".join(lines) + "\n",
+                            content_type="text/plain", charset="utf-8",
+                            headers={"X-Content-Type-Options": "nosniff"})
+
     async def audit(self, request: web.Request) -> web.Response:
         limit = _int_query(request, "limit", range(1, MAX_LIMIT + 1), 200)
         return web.json_response(self.model.audit(limit or 200))
@@ -659,6 +681,21 @@ class _Api:
             if queue.full():
                 queue.get_nowait()
             queue.put_nowait({"type": "_shutdown"})
+
+
+QUALITY_GAUGES = (
+    ("rakshit_model_auc", "auc", "Rolling AUC ROC on labelled traffic, all scoring partitions"),
+    ("rakshit_model_average_precision", "average_precision",
+     "Rolling average precision on labelled traffic, all scoring partitions"),
+    ("rakshit_model_precision", "precision",
+     "Share of flagged (reviewed or declined) labelled payments that were fraud"),
+    ("rakshit_model_false_positive_rate", "false_positive_rate",
+     "Share of analysts' findings on flagged payments that were genuine"),
+    ("rakshit_model_labels_in_windows", "labels_in_windows",
+     "Labelled payments in the partitions' rolling windows"),
+    ("rakshit_model_partitions_reporting", "partitions",
+     "Scoring partitions whose window the API has"),
+)
 
 
 def create_api(model: ReadModel, sink: CommandSink, auth: Auth, *,

@@ -46,6 +46,7 @@ FEEDS: dict[Topic, int | None] = {
     Topic.DECISIONS: 2_000,
     Topic.AUTH_OUTCOMES: 5_000,
     Topic.CASE_COMMANDS: 500,
+    Topic.MODEL_QUALITY: None,
 }
 
 

@@ -169,25 +169,47 @@ class VerdictCollector(threading.Thread):
         return sum(1 for tx in list(self.produced_at) if tx not in self.first_seen)
 
 
-def ensure_champion(settings: Settings) -> None:
-    """The demo decides with a real model: train one from the handbook data if none serves."""
-    from scoring.lifecycle import train_and_register
-    from streams.config import HANDBOOK_DIR
+def ensure_champion(settings: Settings, options: DemoOptions) -> None:
+    """The demo decides with a model trained on the kind of traffic it scores: simulator runs
+    shaped like its own (population, event rate and span, each from empty state), kept in its
+    own registry (``Settings.models``: RAKSHIT_HOME/demo-models unless RAKSHIT_MODELS_DIR says
+    otherwise) so the champion serving handbook replays is left alone. Trained once, when that
+    registry has no such champion (about 40 s here). A champion trained on the handbook scored
+    the demo's traffic with most features' PSI in the "act" range: its drift panel cried wolf
+    from the first report."""
+    from streams.simulator.training import DEMO_SOURCE, train_for_demo
     from streams.worker.chain import registry_for
 
     registry = registry_for(settings)
-    if registry.champion_version() is not None:
-        print(f"model: champion {registry.champion_version()}", flush=True)
+    champion = registry.champion_version()
+    if champion is not None and registry.meta(champion).get("source") == DEMO_SOURCE:
+        print(f"model: champion {champion} ({registry.root})", flush=True)
         return
-    if not (HANDBOOK_DIR / "raw").is_dir():
-        print(f"model: none registered and no handbook data at {HANDBOOK_DIR}; the rules "
-              "decide alone (verdicts say rules_only)", flush=True)
-        return
-    print("model: none registered; training one from the handbook data (once, about two "
-          "minutes)...", flush=True)
-    trained = train_and_register(HANDBOOK_DIR, settings.features_cache, registry)
-    print(f"model: champion {trained['version']}, out-of-time "
-          f"{trained['metrics']['out_of_time']}", flush=True)
+    print(f"model: no champion trained on demo-shaped simulator traffic in {registry.root}; "
+          "training one (once, well under a minute)...", flush=True)
+    trained = train_for_demo(registry, customers=demo_customers(options.rate),
+                             event_rate=options.rate / options.speedup,
+                             span_s=options.duration_s * options.speedup,
+                             scenario=options.scenario)
+    print(f"model: champion {trained['version']} from {trained['runs']} runs, "
+          f"{trained['transactions']} transactions in {trained['seconds']} s; held-out AP "
+          f"{trained['held_out_ap']:.3f}", flush=True)
+
+
+def read_drift(api_url: str, token: str) -> dict[str, Any] | None:
+    """The dashboard's drift panel as the API serves it (PSI per feature over its recent
+    verdicts, against the champion's training baselines), for the summary."""
+    import json
+    import urllib.request
+
+    request = urllib.request.Request(f"{api_url}api/models",
+                                     headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            drift: dict[str, Any] | None = json.loads(response.read()).get("drift")
+            return drift
+    except (OSError, ValueError):
+        return None
 
 
 def inject_bad_records(settings: Settings, count: int, seed: int) -> Counter[str]:
@@ -246,10 +268,11 @@ def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
     # and experiments across restarts (as it must in production), and a second demo with a new
     # population would otherwise start from the last one's cooldowns and open experiments.
     tag = f"demo-{time.strftime('%H%M%S')}-{seed}"
-    settings = replace(settings, topic_prefix=f"{tag}.", app_id=f"rakshit-{tag}")
+    settings = replace(settings, topic_prefix=f"{tag}.", app_id=f"rakshit-{tag}",
+                       models_dir=settings.models_dir or settings.home / "demo-models")
     print(f"broker: {settings.bootstrap_servers}; scenario {options.scenario}, seed {seed}; "
           f"topics {tag}.*", flush=True)
-    ensure_champion(settings)
+    ensure_champion(settings, options)
     started_broker = ensure_broker(settings)
     ensure_topics(settings)
     decisions = topic_name(Topic.DECISIONS, settings.topic_prefix)
@@ -302,6 +325,8 @@ def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
         collector.stop_event.set()
         collector.join(5)
         dlq = sum(end_offsets(settings, dead_letters).values()) - dlq_before
+        viewer = next((t for t, who in tokens.items() if who["role"] == "viewer"), "")
+        drift = read_drift(api_url, viewer)
         time.sleep(2.0)  # the routing agent's last steps for the tail of the traffic
         # The simulator's clock (EventClock.for_run) starts duration x (speedup - 1) in the past.
         event_start_ms = run_start_ms - options.duration_s * (options.speedup - 1) * 1000
@@ -346,6 +371,7 @@ def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
         "outage_wall_s": [outage_start, outage_start + outage_length]
         if get_scenario(options.scenario).outage else None,
         "routing": routing,
+        "drift": drift,
         "dashboard": api_url,
         "worker_log": worker_log,
     }
@@ -382,3 +408,10 @@ def print_summary(s: dict[str, Any]) -> None:
         rule = f" [{e['guardrail']}]" if e["guardrail"] else ""
         print(f"    {e['t_s']:6.1f}s experiment {e['step']:11} {e['issuer']} {e['from']}->"
               f"{e['to']} share {e['share']}{rule}")
+    drift = s.get("drift")
+    if drift and drift.get("features"):
+        rows = drift["features"]
+        counts = Counter(f["status"] for f in rows)
+        worst = ", ".join(f"{f['name']} {f['psi']}" for f in rows[:4])
+        print(f"  drift (model {drift['model_version']}, {drift.get('verdicts', 0)} verdicts) "
+              f"{dict(counts)}; worst: {worst}")

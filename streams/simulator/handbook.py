@@ -167,6 +167,8 @@ def iter_handbook(
             "transaction_id": record["transaction_id"],
             "card_token": record["card_token"],
             "terminal_id": record["terminal_id"],
+            "merchant_id": record["merchant_id"],  # the terminal: the data has no merchants
+            "device_id": None,
             "label": "FRAUD" if fraud else "GENUINE",
             "fraud_scenario": (FRAUD_SCENARIOS.get(scenario, f"hb-scenario-{scenario}")
                                if fraud else None),

@@ -23,6 +23,10 @@ class FraudKind(StrEnum):
     ACCOUNT_TAKEOVER = "account-takeover"
     COMPROMISED_TERMINAL = "compromised-terminal"
     AMOUNT_SPIKE = "amount-spike"
+    # Merchant and device patterns: what the merchant and device features exist to catch.
+    COMPROMISED_MERCHANT = "compromised-merchant"
+    DEVICE_CARD_TESTING = "device-card-testing"
+    FRAUD_RING_DEVICE = "fraud-ring-device"
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,15 @@ CAMPAIGN_SHAPES: dict[FraudKind, CampaignShape] = {
     FraudKind.COMPROMISED_TERMINAL: CampaignShape((10, 40), (1800.0, 7200.0), (0.6, 1.6)),
     # One purchase far above the customer's habits (handbook scenario 1 is amount > 220).
     FraudKind.AMOUNT_SPIKE: CampaignShape((1, 1), (0.0, 0.0), (8.0, 25.0)),
+    # A breached or colluding merchant: for days, this share of its payments are stolen cards
+    # that look like its usual trade (amount: the share; nothing on the card gives it away).
+    FraudKind.COMPROMISED_MERCHANT: CampaignShape((1, 1), (3 * 86400.0, 10 * 86400.0),
+                                                  (0.2, 0.5)),
+    # Card testing from one device: many stolen cards, one tiny amount each, at one web shop.
+    FraudKind.DEVICE_CARD_TESTING: CampaignShape((15, 40), (120.0, 900.0), (0.50, 3.00)),
+    # A fraud ring's device: many stolen cards cashed out at a few web shops over days, at
+    # 1-4x each victim's usual spend.
+    FraudKind.FRAUD_RING_DEVICE: CampaignShape((20, 60), (86400.0, 5 * 86400.0), (1.0, 4.0)),
 }
 
 
@@ -54,9 +67,13 @@ class FraudMix:
     account_takeover: float = 3.0
     compromised_terminal: float = 0.5
     amount_spike: float = 10.0
+    compromised_merchant: float = 0.3
+    device_card_testing: float = 1.0
+    fraud_ring_device: float = 0.3
     # A compromised terminal taints all its traffic, which grows with the event rate; capping how
     # many are compromised at once keeps the fraud share bounded at any rate and speedup.
     max_compromised_terminals: int = 2
+    max_compromised_merchants: int = 2  # likewise: a merchant's whole trade is at stake
 
     def start_probabilities(self) -> tuple[tuple[FraudKind, float], ...]:
         return (
@@ -64,6 +81,15 @@ class FraudMix:
             (FraudKind.ACCOUNT_TAKEOVER, self.account_takeover / 10_000),
             (FraudKind.COMPROMISED_TERMINAL, self.compromised_terminal / 10_000),
             (FraudKind.AMOUNT_SPIKE, self.amount_spike / 10_000),
+        )
+
+    def merchant_start_probabilities(self) -> tuple[tuple[FraudKind, float], ...]:
+        """The merchant and device patterns, drawn from a random stream of their own so that
+        adding them left the card patterns' campaigns as they were."""
+        return (
+            (FraudKind.COMPROMISED_MERCHANT, self.compromised_merchant / 10_000),
+            (FraudKind.DEVICE_CARD_TESTING, self.device_card_testing / 10_000),
+            (FraudKind.FRAUD_RING_DEVICE, self.fraud_ring_device / 10_000),
         )
 
 
@@ -91,8 +117,10 @@ SCENARIOS: dict[str, Scenario] = {
     s.name: s
     for s in (
         Scenario("normal", "Healthy routes, genuine traffic only."),
-        Scenario("fraud", "Normal traffic plus card testing, account takeover, compromised "
-                          "terminals and amount spikes, each labelled days later.",
+        Scenario("fraud", "Normal traffic plus card testing (one card, or many cards from "
+                          "one device), account takeover, compromised terminals and "
+                          "merchants, fraud-ring devices and amount spikes, each labelled "
+                          "days later.",
                  fraud=FraudMix()),
         Scenario("issuer-outage", "One route to one issuer degrades for a window: success "
                                   "~0.92 -> 0.50, latency x5, timeouts rise.",

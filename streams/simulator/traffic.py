@@ -189,6 +189,7 @@ class TrafficGenerator:
 
         self._traffic = random.Random(f"traffic:{seed}")
         self._fraud = random.Random(f"fraud:{seed}")
+        self._merchant_fraud_rng = random.Random(f"merchant-fraud:{seed}")
         self._outcome = random.Random(f"outcome:{seed}")
         self._labels = random.Random(f"labels:{seed}")
         self._counter = itertools.count()
@@ -217,7 +218,12 @@ class TrafficGenerator:
         fraud = self.scenario.fraud
         self._fraud_starts = fraud.start_probabilities() if fraud is not None else ()
         self._fraud_any = sum(p for _, p in self._fraud_starts)
+        self._merchant_starts = fraud.merchant_start_probabilities() if fraud is not None else ()
+        self._merchant_any = sum(p for _, p in self._merchant_starts)
         self._max_compromised = fraud.max_compromised_terminals if fraud is not None else 0
+        self._max_merchants = fraud.max_compromised_merchants if fraud is not None else 0
+        # merchant -> (start_ts, end_ts, share of its payments that are fraud)
+        self._compromised_merchants: dict[str, tuple[float, float, float]] = {}
         self._planned: list[tuple[float, int, _Planned]] = []
         self._compromised: dict[str, tuple[float, float]] = {}  # terminal -> (start_ts, end_ts)
         self._pending_labels: list[tuple[float, int, dict[str, Any]]] = []
@@ -231,7 +237,10 @@ class TrafficGenerator:
         """The next transaction at ``event_time`` (default: the clock's now) and its outcome."""
         ts = (event_time or self.clock.now()).timestamp()
         if self._fraud_any and self._fraud.random() < self._fraud_any:
-            self._start_campaign(ts)
+            self._start_campaign(ts, self._fraud, self._fraud_starts, self._fraud_any)
+        if self._merchant_any and self._merchant_fraud_rng.random() < self._merchant_any:
+            self._start_campaign(ts, self._merchant_fraud_rng, self._merchant_starts,
+                                 self._merchant_any)
         if self._planned and self._planned[0][0] <= ts:
             planned_ts, _, planned = heapq.heappop(self._planned)
             ts = max(planned_ts, self._last_ts)
@@ -291,6 +300,8 @@ class TrafficGenerator:
                 fraud = FraudKind.COMPROMISED_TERMINAL.value
             elif ts >= window[1]:
                 del self._compromised[terminal]
+        if fraud is None and self._compromised_merchants:
+            fraud = self._merchant_fraud(merchant.merchant_id, ts)
         record = self._record(customer, card, merchant, terminal, amount, device, geo, ts)
         return record, fraud
 
@@ -342,11 +353,11 @@ class TrafficGenerator:
 
     # -- fraud --------------------------------------------------------------------------------
 
-    def _start_campaign(self, ts: float) -> None:
-        rng = self._fraud
-        roll = rng.random() * self._fraud_any
-        kind = self._fraud_starts[-1][0]
-        for candidate, p in self._fraud_starts:
+    def _start_campaign(self, ts: float, rng: random.Random,
+                        starts: tuple[tuple[FraudKind, float], ...], total: float) -> None:
+        roll = rng.random() * total
+        kind = starts[-1][0]
+        for candidate, p in starts:
             if roll < p:
                 kind = candidate
                 break
@@ -363,6 +374,12 @@ class TrafficGenerator:
             self._account_takeover(rng, shape, times, customer, card)
         elif kind is FraudKind.COMPROMISED_TERMINAL:
             self._compromised_terminal(rng, shape, times, ts + span)
+        elif kind is FraudKind.COMPROMISED_MERCHANT:
+            self._compromised_merchant(rng, shape, ts, ts + span)
+        elif kind is FraudKind.DEVICE_CARD_TESTING:
+            self._device_card_testing(rng, shape, times, customer)
+        elif kind is FraudKind.FRAUD_RING_DEVICE:
+            self._fraud_ring_device(rng, shape, times, customer)
         else:
             merchant = self._pick_merchant(rng, customer)
             amount = max(250.0, customer.typical_spend * rng.uniform(*shape.amount))
@@ -411,6 +428,66 @@ class TrafficGenerator:
                                     rng.choice(victim.cards), merchant, terminal, amount, device,
                                     geo))
 
+    def _merchant_fraud(self, merchant_id: str, ts: float) -> str | None:
+        """Whether this payment at a compromised merchant is one of the stolen-card ones."""
+        window = self._compromised_merchants.get(merchant_id)
+        if window is None:
+            return None
+        start, end, share = window
+        if ts >= end:
+            del self._compromised_merchants[merchant_id]
+            return None
+        if start <= ts and self._merchant_fraud_rng.random() < share:
+            return FraudKind.COMPROMISED_MERCHANT.value
+        return None
+
+    def _compromised_merchant(self, rng: random.Random, shape: CampaignShape, now: float,
+                              until: float) -> None:
+        """For days, a share of a (popularity-weighted) merchant's payments are stolen cards;
+        they look like its usual trade, so only the merchant's known frauds give it away."""
+        for expired in [m for m, (_, end, _) in self._compromised_merchants.items()
+                        if end <= now]:
+            del self._compromised_merchants[expired]
+        if len(self._compromised_merchants) >= self._max_merchants:
+            return
+        merchant = rng.choices(self._all_merchants, cum_weights=self._merchant_cum)[0]
+        if merchant.merchant_id not in self._compromised_merchants:
+            self._compromised_merchants[merchant.merchant_id] = (now, until,
+                                                                 rng.uniform(*shape.amount))
+
+    def _victim_card(self, rng: random.Random) -> tuple[Customer, Card]:
+        victim = rng.choices(self._customers, cum_weights=self._customer_cum)[0]
+        return victim, rng.choice(victim.cards)
+
+    def _device_card_testing(self, rng: random.Random, shape: CampaignShape,
+                             times: list[float], customer: Customer) -> None:
+        """One fraudster's device tries many stolen cards, a tiny amount each, at one web shop:
+        each card is new to the shop, so only the device ties the attempts together."""
+        merchant = rng.choice(self._online or self._all_merchants)
+        device = opaque_id(rng, "dev_", 12, self._taken_ids)
+        place = self._far_place(rng, customer)
+        for at in times:
+            victim, card = self._victim_card(rng)
+            self._plan(at, _Planned(FraudKind.DEVICE_CARD_TESTING, victim, card, merchant,
+                                    merchant.terminals[0], rng.uniform(*shape.amount), device,
+                                    place))
+
+    def _fraud_ring_device(self, rng: random.Random, shape: CampaignShape, times: list[float],
+                           customer: Customer) -> None:
+        """A fraud ring's one device cashes out a pool of stolen cards at a few web shops over
+        days, each card a few times, at a few times its owner's usual spend."""
+        shops = rng.sample(self._online or self._all_merchants,
+                           k=min(3, len(self._online or self._all_merchants)))
+        device = opaque_id(rng, "dev_", 12, self._taken_ids)
+        place = self._far_place(rng, customer)
+        pool = [self._victim_card(rng) for _ in range(max(2, len(times) // 2))]
+        for at in times:
+            victim, card = rng.choice(pool)
+            merchant = rng.choice(shops)
+            amount = victim.typical_spend * rng.uniform(*shape.amount)
+            self._plan(at, _Planned(FraudKind.FRAUD_RING_DEVICE, victim, card, merchant,
+                                    rng.choice(merchant.terminals), amount, device, place))
+
     def _plan(self, ts: float, planned: _Planned) -> None:
         heapq.heappush(self._planned, (ts, next(self._seq), planned))
 
@@ -434,6 +511,8 @@ class TrafficGenerator:
             "transaction_id": transaction["transaction_id"],
             "card_token": transaction["card_token"],
             "terminal_id": transaction["terminal_id"],
+            "merchant_id": transaction["merchant_id"],
+            "device_id": transaction["device_id"],
             "label": "FRAUD",
             "fraud_scenario": fraud,
             "transaction_time": tx_time,

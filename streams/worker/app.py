@@ -248,5 +248,7 @@ class _Worker(faust.Worker):
         self.spinner = None
         for noisy in ("aiokafka", "faust.topics"):
             logging.getLogger(noisy).setLevel(max(level, logging.INFO))
-        # A refused ack is rare and worth seeing whatever the level (streams.worker.transport).
-        logging.getLogger("streams.worker.transport").setLevel(logging.INFO)
+        # A refused ack is rare and worth seeing whatever the level (streams.worker.transport),
+        # and so are a partition's recovery and the verdicts read back after a restart (lane).
+        for rare in ("streams.worker.transport", "streams.worker.lane"):
+            logging.getLogger(rare).setLevel(logging.INFO)

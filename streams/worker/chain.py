@@ -13,9 +13,12 @@ import time
 
 from agents.fraud.evaluator import Evaluator
 from agents.fraud.executor import CircuitBreaker, Executor
+from agents.fraud.guardrail import DisparityMonitor, Guardrail
+from agents.fraud.learned import Learned
 from agents.fraud.pipeline import DecisionPipeline
 from agents.fraud.planner import ExperimentSplit, Planner
 from agents.fraud.risk_scorer import BoosterScorer
+from scoring.blend import BlendConfig
 from scoring.online import make_online
 from scoring.registry import LoadedModel, ModelRegistry, drift_baselines
 from scoring.rules import RuleEngine
@@ -23,9 +26,11 @@ from streams.config import Settings
 
 log = logging.getLogger(__name__)
 
+PARTITION_SAMPLE = 2_000  # verdicts per drift report, per scoring partition
+
 
 def registry_for(settings: Settings) -> ModelRegistry:
-    return ModelRegistry(settings.home / "models")
+    return ModelRegistry(settings.models)
 
 
 def _scorer(model: LoadedModel | None, arm: str) -> BoosterScorer | None:
@@ -46,13 +51,24 @@ def build_pipeline(settings: Settings) -> DecisionPipeline:
     # Drift is watched against the champion's training distributions (PSI per feature and for
     # the score), so a shifted population shows before the labels that would prove it arrive.
     champion = serving.champion
-    evaluator = Evaluator(drift_baselines(champion.meta) if champion else None)
+    baselines = drift_baselines(champion.meta) if champion else None
+    # Learning is per scoring partition (agents.fraud.learned); each partition's evaluator
+    # reports drift on its own share of the traffic, so on a sample of PARTITION_SAMPLE.
+    evaluator = Evaluator(baselines, drift_every=PARTITION_SAMPLE, sample_size=PARTITION_SAMPLE)
+    guardrail = Guardrail()
+
+    def make_learned() -> Learned:
+        return Learned(make_online(), evaluator.fresh(),
+                       DisparityMonitor(guardrail.disparity.config))
+
+    min_labels = settings.online_min_labels
     return DecisionPipeline(
         RuleEngine.from_file(), _scorer(champion, "champion"),
         challenger=None if shadow else _scorer(challenger, "challenger"),
         shadow=_scorer(challenger, "shadow") if shadow else None,
-        online=make_online(), planner=Planner(split), evaluator=evaluator,
-        make_executor=cpu_timed_executor)
+        online=make_online(), planner=Planner(split), evaluator=evaluator, guardrail=guardrail,
+        make_executor=cpu_timed_executor, make_learned=make_learned,
+        blend_config=BlendConfig(min_labels=min_labels, full_labels=25 * max(1, min_labels)))
 
 
 def cpu_timed_executor() -> Executor:

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
 
@@ -57,10 +58,12 @@ from streams.worker.admission import (
 from streams.worker.casework import CaseStage
 from streams.worker.chain import build_pipeline
 from streams.worker.collector import BatchCollector
+from streams.worker.learning import Learning
 from streams.worker.outbox import Offsets, Outbox
 from streams.worker.review_queue import ReviewQueueFeed
 from streams.worker.routing import RoutingStage
 from streams.worker.stages import (
+    SCORED_NAMES,
     CardStage,
     Prepared,
     TerminalStage,
@@ -68,7 +71,7 @@ from streams.worker.stages import (
     is_watermark,
     watermark_event,
 )
-from streams.worker.store import Store, partition_bounds, recover
+from streams.worker.store import Store, partition_bounds, read_back, recover
 from streams.worker.watermarks import CAUGHT_UP, WatermarkGate, source
 from streams.worker.whitelist import WhitelistFeed
 
@@ -86,6 +89,8 @@ LAG_EVERY_S = 5.0
 # 44% of a core at 1,000 tx/s (demo p50 1.6 s -> 0.3 s) but the p50 at 100 tx/s up by about 10 ms;
 # fetches answered at the first byte took the p50 at 100 tx/s from 20 to 14 ms and the broker at
 # 1,000 tx/s to 66%. These values keep the low rate's latency; the high rate needs CPU headroom.
+# Verdicts read back after a restart wait this long for their transactions to come round again.
+REDO_KEEP_S = 300.0
 LINGER_MS = 2
 FETCH_WAIT_MS = 5
 FETCH_MIN_BYTES = 64 * 1024
@@ -117,7 +122,23 @@ class FraudLane:
         self.admission = Processor(settings, self.codec)
         self.card_stage = CardStage(self.codec, prefix)
         pipeline = pipeline or build_pipeline(settings)  # tests pass their own
-        self.terminal_stage = TerminalStage(self.codec, pipeline, prefix)
+        self.cards = Store("card-state", changelog_topic(settings, "card-state"))
+        self.terminals = Store("terminal-state", changelog_topic(settings, "terminal-state"))
+        # What each scoring partition learned lives in its terminal state (streams.worker.learning).
+        self.learning = Learning(pipeline, self.terminals, SCORED_NAMES)
+        self.terminal_stage = TerminalStage(self.codec, pipeline, prefix, learning=self.learning)
+        self.decisions = topic_name(Topic.DECISIONS, prefix)
+        self.quality_topic = topic_name(Topic.MODEL_QUALITY, prefix)
+        # Verdicts already published for transactions a restart reads again: sent again as they
+        # were, never decided twice (``_read_back``).
+        self.redo: dict[str, bytes] = {}
+        self.redo_until = 0.0
+        self.read_from: set[frozenset[tuple[int, int]]] = set()  # positions already read back
+        # Partitions read again after a restart or rebalance: (up to which offset, the decision
+        # topic's ends at their last commit). A card partition's hand-overs say where their
+        # verdicts may be; and until the replay is over, each commit keeps those ends.
+        self.replays: dict[tuple[str, int], tuple[int, dict[str, int]]] = {}
+        self.decision_partitions = 0
         self.whitelist = WhitelistFeed(self.codec, topic_name(Topic.WHITELIST, prefix))
         self.terminal_stage.whitelist = self.whitelist.entries
         self.queue = ReviewQueueFeed(self.codec, topic_name(Topic.REVIEW_QUEUE, prefix),
@@ -127,8 +148,6 @@ class FraudLane:
         self.routing = RoutingStage(self.codec, prefix, {})
         self.topics = {t: topic_name(t, prefix) for t in (
             Topic.TRANSACTIONS, Topic.LABELS, Topic.AUTH_OUTCOMES, Topic.SCORING)}
-        self.cards = Store("card-state", changelog_topic(settings, "card-state"))
-        self.terminals = Store("terminal-state", changelog_topic(settings, "terminal-state"))
         self._base = {"bootstrap.servers": settings.bootstrap_servers}
         self._stop = threading.Event()
         self.ready = False
@@ -172,6 +191,7 @@ class FraudLane:
                   for t in (Topic.TRANSACTIONS, Topic.LABELS, Topic.SCORING)}
         self.gate = WatermarkGate(counts[Topic.TRANSACTIONS], counts[Topic.LABELS])
         self.terminal_partitions = counts[Topic.SCORING]
+        self.decision_partitions = len(meta[self.decisions].partitions)
 
     def _connect(self) -> None:
         self.producer = Producer({
@@ -181,7 +201,7 @@ class FraudLane:
             "partitioner": "murmur2_random",
             "queue.buffering.max.messages": 1_000_000,
             "message.max.bytes": DEAD_LETTER_MAX_BYTES + 64 * 1024})
-        self.outbox = Outbox(self.producer)
+        self.outbox = Outbox(self.producer, watched=self.decisions)
         self.consumer = Consumer({
             **self._base, "group.id": f"{self.settings.app_id}-fraud",
             "enable.auto.commit": False, "auto.offset.reset": "earliest",
@@ -190,6 +210,10 @@ class FraudLane:
             "session.timeout.ms": 10_000, "heartbeat.interval.ms": 2_000,
             "enable.partition.eof": False,
             "fetch.wait.max.ms": FETCH_WAIT_MS, "fetch.min.bytes": FETCH_MIN_BYTES})
+        # Where this worker's verdicts start: what the decision topic holds already.
+        for p in range(self.decision_partitions):
+            tp = TopicPartition(self.decisions, p)
+            self.outbox.acked[p] = partition_bounds(self.consumer, tp, time.monotonic() + 60)[1] - 1
         self.consumer.subscribe(list(self.topics.values()), on_assign=self._on_assign,
                                 on_revoke=self._on_revoke, on_lost=self._on_lost)
 
@@ -216,28 +240,71 @@ class FraudLane:
             if tp.topic == self.topics[Topic.SCORING]:
                 self.held.setdefault(tp.partition, deque())
         # Where each partition resumes: what the watermarks and lag read before a first record.
+        decided_from: dict[int, dict[int, int]] = {}
         for tp in consumer.committed(partitions, timeout=30):
             start = tp.offset
             if start < 0:  # never committed: auto.offset.reset is earliest
                 start = consumer.get_watermark_offsets(tp, timeout=10, cached=False)[0]
             self.next_offsets[(tp.topic, tp.partition)] = start
+            self.replays.pop((tp.topic, tp.partition), None)
+            if tp.metadata and tp.topic in (self.topics[Topic.SCORING],
+                                            self.topics[Topic.TRANSACTIONS]):
+                stood = _decided_from(tp.metadata)
+                high = consumer.get_watermark_offsets(tp, timeout=10, cached=False)[1]
+                if stood and start < high:  # records to read again, some perhaps decided
+                    self.replays[(tp.topic, tp.partition)] = (
+                        high, {str(p): o for p, o in stood.items()})
+                    if tp.topic == self.topics[Topic.SCORING]:
+                        decided_from[tp.partition] = stood
+        recovered: list[int] = []
         for store, owned in wanted.items():
             for p in list(store.partitions):
                 if p not in owned:
                     store.drop(p)
+                    if store is self.terminals:
+                        self.learning.drop(p)
             for p in sorted(owned):
                 left_at = self.changelog_end.pop((store.name, p), None)
                 if store.owns(p) and left_at == self._changelog_high(store, p):
                     continue
                 table, read, seconds = recover(self._base, store.changelog, p)
                 store.adopt(p, table)
+                if store is self.terminals:
+                    self.learning.adopt(p)
+                    recovered.append(p)
                 metrics.STATE_RECOVERY.labels(store.name).observe(seconds)
                 log.info("recovered %s[%d]: %d keys from %d changelog records in %.2f s",
                          store.name, p, len(table), read, seconds)
+        if recovered:
+            self.terminal_stage.report_learning()  # what the recovered partitions had learned
+        self._read_back([decided_from[q] for q in recovered if q in decided_from])
         if self.collector is not None:  # the recovered state: long-lived, never walked again
             self.collector.full()
         self.ready = True
         log.info("fraud lane assigned %d partitions", len(partitions))
+
+    def _read_back(self, positions: list[dict[int, int]]) -> None:
+        """Read back the verdicts published since the checkpoints the recovered partitions
+        resume from: the transactions they read again that were decided before the crash are
+        sent those verdicts again, byte for byte (``_prepare``), not decided a second time.
+
+        Every verdict for a record after a committed offset was published after that commit's
+        checkpoint, which wrote the decision topic's acknowledged ends into the commit's
+        metadata (``_checkpoint``); so reading from there finds them all."""
+        positions = [p for p in positions if frozenset(p.items()) not in self.read_from]
+        if not positions:
+            return
+        self.read_from.update(frozenset(p.items()) for p in positions)
+        starts: dict[int, int] = {}
+        for position in positions:
+            for p, offset in position.items():
+                starts[p] = min(offset, starts.get(p, offset))
+        t0 = time.monotonic()
+        found, read = read_back(self._base, self.decisions, starts)
+        self.redo.update(found)
+        self.redo_until = time.monotonic() + REDO_KEEP_S
+        log.warning("read back %d verdicts (%d records) published since the last commit in %.2f s",
+                 len(found), read, time.monotonic() - t0)
 
     def _changelog_high(self, store: Store, partition: int) -> int:
         assert self.consumer is not None
@@ -263,6 +330,8 @@ class FraudLane:
         for store in (self.cards, self.terminals):
             for p in list(store.partitions):
                 store.drop(p)
+                if store is self.terminals:
+                    self.learning.drop(p)
         self._forget(partitions)
 
     def _forget(self, partitions: list[TopicPartition]) -> None:
@@ -398,7 +467,10 @@ class FraudLane:
             cached = self.card_stage.cached(card)
             row, stale = (cached[0], received - cached[1]) if cached else ({}, 1e9)
             amounts = []
-        self._send(self.card_stage.hand_over(tx, row, amounts, src, received, stale))
+        replay = self.replays.get(key)
+        decided_from = replay[1] if replay is not None and src.offset < replay[0] else None
+        self._send(self.card_stage.hand_over(tx, row, amounts, src, received, stale,
+                                             decided_from))
 
     def _label(self, raw: bytes | None, src: Source) -> None:
         admitted = self.admission.admit(raw, src, "label")
@@ -478,7 +550,7 @@ class FraudLane:
         table = self.terminals.table(q)
         if not is_hand_over(body):  # a label
             self._put_all(q, self.terminal_stage.observe_label(table, body))
-            self.terminal_stage.queue_label(body)
+            self.terminal_stage.queue_label(body, q, src.offset)
             return
         tx = body["transaction"]
         t_ms = to_millis(tx["event_time"])
@@ -493,16 +565,37 @@ class FraudLane:
 
     def _prepare(self, q: int, hand_over: dict[str, Any], started: float,
                  waited_out: bool) -> None:
-        """Observe and read features now; the batch's decisions are made together at its end."""
+        """Observe and read features now; the batch's decisions are made together at its end.
+        A transaction decided before a crash gets the verdict it got then (``_read_back``): one
+        this worker's own partition reads again, or one a card partition hands over again."""
+        stood = hand_over.get("decided_from")
+        if stood:
+            self._read_back([{int(p): int(o) for p, o in stood.items()}])
+        if self.redo:
+            again = self.redo.get(hand_over["transaction"]["transaction_id"])
+            if again is not None:
+                self._resend(q, hand_over, again)
+                return
         try:
             updates, ready = self.terminal_stage.prepare(self.terminals.table(q), hand_over,
                                                          started, waited_out)
             self._put_all(q, updates)
+            ready.partition = q
             self.pending.append(ready)
         except Exception:
             log.exception("terminal state failed; deciding without features")
             metrics.FEATURE_STORE_ERRORS.inc()
             self._emit(self._without_state(q, hand_over, started))
+
+    def _resend(self, q: int, hand_over: dict[str, Any], raw: bytes) -> None:
+        try:
+            self._put_all(q, self.terminal_stage.observe(self.terminals.table(q),
+                                                         hand_over["transaction"]))
+            self._emit(self.terminal_stage.resend(raw, q))
+        except Exception:
+            log.exception("a verdict read back could not be sent again; deciding afresh")
+            self.redo.clear()
+            self._prepare(q, hand_over, time.time(), waited_out=False)
 
     def _put_all(self, q: int, updates: Mapping[str, Any]) -> None:
         for key, state in updates.items():
@@ -574,14 +667,32 @@ class FraudLane:
     def _checkpoint(self, wait: bool) -> None:
         assert self.outbox is not None and self.consumer is not None
         t0 = time.perf_counter()
+        for record in self.learning.quality():
+            self.outbox.send(self.quality_topic, str(record["partition"]).encode(),
+                             self.codec.encode("model_quality", record, topic=self.quality_topic))
+        self.learning.save()
         for store in (self.cards, self.terminals):
             topic = store.changelog
-            for partition, key, value in store.changes():
-                self.outbox.send(topic, key.encode(), value, partition=partition)
-        self.outbox.close_epoch(self._offsets())
+            for partition, name, value in store.changes():
+                self.outbox.send(topic, name.encode(), value, partition=partition)
+        # Each commit says where the decision topic stood (``_read_back``).
+        stood = orjson.dumps({"decided_from": {
+            str(p): o + 1 for p, o in self.outbox.acked.items()}}).decode()
+        done = self._offsets()
+        metadata = dict.fromkeys(done, stood)
+        for key, (high, replay_stood) in list(self.replays.items()):
+            if done.get(key, high) < high:  # a record after this offset may have a verdict
+                metadata[key] = orjson.dumps({"decided_from": replay_stood}).decode()
+            else:
+                del self.replays[key]
+        self.outbox.close_epoch(done, metadata)
         ready = self.outbox.drain() if wait else self.outbox.committable()
+        if self.redo and time.monotonic() > self.redo_until:
+            self.redo.clear()
+            self.read_from.clear()
         if ready:
-            offsets = [TopicPartition(t, p, o) for (t, p), o in ready.items()]
+            offsets = [_position(t, p, o, self.outbox.metadata.get((t, p)))
+                       for (t, p), o in ready.items()]
             try:
                 if wait:
                     self.consumer.commit(offsets=offsets, asynchronous=False)
@@ -604,6 +715,22 @@ class FraudLane:
                         max(0, high - done))
         except Exception:  # a figure is not worth a crash
             log.debug("lag report failed", exc_info=True)
+
+
+def _position(topic: str, partition: int, offset: int, metadata: str | None) -> TopicPartition:
+    if metadata is None:  # confluent-kafka takes a string or nothing, not None
+        return TopicPartition(topic, partition, offset)
+    return TopicPartition(topic, partition, offset, metadata=metadata)
+
+
+def _decided_from(metadata: str) -> dict[int, int]:
+    """The decision topic's ends a commit's metadata recorded (``FraudLane._checkpoint``)."""
+    try:
+        stood = orjson.loads(metadata).get("decided_from", {})
+        return {int(p): int(o) for p, o in stood.items()}
+    except (ValueError, AttributeError, TypeError):
+        log.warning("offset metadata not understood, verdicts not read back: %.80r", metadata)
+        return {}
 
 
 def start_lane(settings: Settings, on_fatal: Callable[[BaseException], None] | None = None

@@ -33,6 +33,12 @@ LABELS_LEARNED = Counter("rakshit_labels_learned",
                          "Labels matched to the score this worker gave their transaction: one "
                          "step of the online learner and one point of the evaluator's AUC/AP.",
                          ["source"])
+LABELS_REPLAYED = Counter("rakshit_labels_replayed",
+                          "Labels read again after a restart and skipped: their partition's "
+                          "learners had already taken them in")
+VERDICTS_RESENT = Counter("rakshit_verdicts_resent",
+                          "Verdicts read back from the decision topic after a restart and sent "
+                          "again unchanged instead of deciding the transaction a second time")
 LABELS_UNMATCHED = Counter("rakshit_labels_unmatched",
                            "Labels for transactions this worker did not score (or no longer "
                            "remembers): terminal risk counts them, the learners cannot.")

@@ -34,31 +34,47 @@ class DeliveryFailed(RuntimeError):
 
 
 class Epoch:
-    __slots__ = ("delivered", "errors", "inflight", "number", "offsets")
+    __slots__ = ("acked", "delivered", "errors", "inflight", "metadata", "number", "offsets",
+                 "watched")
 
-    def __init__(self, number: int) -> None:
+    def __init__(self, number: int, watched: str | None = None,
+                 acked: dict[int, int] | None = None) -> None:
         self.number = number
         self.delivered = self._delivered  # bound once: produce() is called for every record
         self.inflight = 0
         self.offsets: Offsets = {}
+        self.metadata: dict[tuple[str, int], str] = {}
         self.errors: list[str] = []
+        self.watched = watched
+        self.acked = acked if acked is not None else {}
 
     def _delivered(self, err: KafkaError | None, msg: Message) -> None:
         self.inflight -= 1
         if err is not None:
             self.errors.append(f"{msg.topic()}[{msg.partition()}]: {err.str()}")
+        elif self.watched is not None and msg.topic() == self.watched:
+            partition, offset = int(msg.partition() or 0), int(msg.offset() or 0)
+            if offset > self.acked.get(partition, -1):
+                self.acked[partition] = offset
 
 
 class Outbox:
-    def __init__(self, producer: Producer) -> None:
+    """``watched``: a topic whose highest acknowledged offset per partition is kept in
+    ``acked`` (the lane's decision topic: where a restart starts reading its own verdicts)."""
+
+    def __init__(self, producer: Producer, watched: str | None = None) -> None:
         self.producer = producer
-        self.open = Epoch(0)
+        self.watched = watched
+        self.acked: dict[int, int] = {}
+        self.open = Epoch(0, watched, self.acked)
         self.closed: deque[Epoch] = deque()
         self.sent: dict[str, int] = {}
+        self.metadata: dict[tuple[str, int], str] = {}  # of the offsets committable() returned
 
-    def send(self, topic: str, key: bytes | None, value: bytes,
+    def send(self, topic: str, key: bytes | None, value: bytes | None,
              partition: int | None = None) -> None:
-        """Hand a record to the producer; a full queue is waited out, never dropped."""
+        """Hand a record to the producer (no value: a tombstone); a full queue is waited out,
+        never dropped."""
         epoch = self.open
         while True:
             try:  # positional: produce(topic, value, key, partition, on_delivery); -1 = by key
@@ -71,12 +87,15 @@ class Outbox:
         epoch.inflight += 1
         self.sent[topic] = self.sent.get(topic, 0) + 1
 
-    def close_epoch(self, offsets: Offsets) -> None:
-        """The records processed so far are covered by ``offsets``; later sends open a new epoch."""
+    def close_epoch(self, offsets: Offsets,
+                    metadata: dict[tuple[str, int], str] | None = None) -> None:
+        """The records processed so far are covered by ``offsets``; later sends open a new epoch.
+        ``metadata`` goes with the offsets it names when they are committed (``metadata``)."""
         epoch = self.open
         epoch.offsets = dict(offsets)
+        epoch.metadata = dict(metadata or {})
         self.closed.append(epoch)
-        self.open = Epoch(epoch.number + 1)
+        self.open = Epoch(epoch.number + 1, self.watched, self.acked)
 
     def committable(self) -> Offsets:
         """Offsets of every closed epoch now fully acknowledged, oldest first (later wins)."""
@@ -88,6 +107,7 @@ class Outbox:
                 raise DeliveryFailed(f"{len(epoch.errors)} record(s) not delivered, first: "
                                      f"{epoch.errors[0]}")
             ready.update(epoch.offsets)
+            self.metadata.update(epoch.metadata)
         return ready
 
     def drain(self, timeout_s: float = 30.0) -> Offsets:

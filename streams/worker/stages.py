@@ -32,7 +32,6 @@ drive them directly.
 
 from __future__ import annotations
 
-import heapq
 import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -58,11 +57,16 @@ from schemas.codec import (
     SingleObjectCodec,
 )
 from scoring import features as F
+from scoring import merchant as M
 from scoring.fx import to_eur
 from streams.topics import Topic, topic_name
 from streams.worker import metrics
 from streams.worker.admission import Output, Source, verdict_id
+from streams.worker.learning import Learning
+from streams.worker.store import Store
 
+# The features a scored transaction is remembered with (streams.worker.learning), in this order.
+SCORED_NAMES = tuple(f.name for f in F.FEATURES)
 CACHE_TTL_S = 3600.0  # cached card features older than this are "expired" (planner: conservative)
 
 
@@ -110,9 +114,12 @@ class CardStage:
 
     def hand_over(self, tx: Mapping[str, Any], row: Mapping[str, float],
                   amounts: Sequence[Sequence[Any]], source: Source, received: float,
-                  stale_s: float | None = None) -> Output:
+                  stale_s: float | None = None, decided_from: Mapping[str, int] | None = None,
+                  ) -> Output:
         """The terminal stage's record for the admitted ``tx``: the transaction itself (the
-        terminal stage decodes it with the rest, once), its card features and amounts."""
+        terminal stage decodes it with the rest, once), its card features and amounts. Keyed by
+        merchant: every terminal belongs to one merchant, so the merchant's partition holds its
+        terminals' state and its own (the handbook replay's merchant is its terminal)."""
         body = {
             "transaction": tx,
             **card_features_out(row),
@@ -120,17 +127,21 @@ class CardStage:
             "card_state_stale_s": stale_s,
             "received_at_ms": received * 1000.0,
             "source_timestamp_ms": source.timestamp_ms,
+            "decided_from": decided_from,
         }
         value = self.codec.encode("scoring_event", {"body": body}, topic=self.topic)
-        return Output(self.topic, str(tx["terminal_id"]).encode(), value)
+        return Output(self.topic, str(tx["merchant_id"]).encode(), value)
 
     def forward_label(self, label: Mapping[str, Any]) -> Output | None:
-        """Labels without a terminal cannot feed terminal risk; they are counted, not forwarded."""
+        """Labels without a terminal cannot feed terminal risk; they are counted, not forwarded.
+        A label goes where its transaction went: the merchant's partition; one that does not
+        name its merchant (the handbook's, whose merchant is the terminal; older sources) goes
+        by terminal."""
         terminal = label.get("terminal_id")
         if not terminal:
             return None
         value = self.codec.encode("scoring_event", {"body": label}, topic=self.topic)
-        return Output(self.topic, str(terminal).encode(), value)
+        return Output(self.topic, str(label.get("merchant_id") or terminal).encode(), value)
 
 
 def watermark_event(marks: Mapping[str, int]) -> dict[str, Any]:
@@ -210,13 +221,7 @@ class Prepared:
     hand_over: Mapping[str, Any]
     started: float
     waited_out: bool
-
-
-@dataclass
-class ScoredTransaction:
-    features: dict[str, float]
-    score: float
-    decision: str
+    partition: int = 0  # the scoring partition it was read from (whose learning decides it)
 
 
 @dataclass
@@ -226,16 +231,10 @@ class TerminalStage:
     codec: Codec
     pipeline: DecisionPipeline
     prefix: str = ""
-    # What each recent transaction was scored with and how it was decided, so its label can
-    # teach the learners and an analyst's finding can judge the decision.
-    memory_size: int = 200_000
-    scored: OrderedDict[str, ScoredTransaction] = field(default_factory=OrderedDict)
-    # Labels released early by a replay wait here until event time reaches their known_at:
-    # (known_at ms, transaction id, fraud, label source).
-    pending: list[tuple[int, str, bool, str]] = field(default_factory=list)
-    watermark_ms: int = 0
-    labels_learned: int = 0
-    labels_unmatched: int = 0
+    # What each partition has learned, and what its recent transactions were scored with so
+    # their labels can teach the learners (streams.worker.learning). The lane passes one kept in
+    # its terminal store; tests get one in memory.
+    learning: Learning | None = None
     # Card token -> its whitelisting; the lane keeps it current (streams.worker.whitelist).
     whitelist: Mapping[str, Whitelisting] = field(default_factory=dict)
     # The review queue's load, which the thresholds adapt to; the lane keeps it current.
@@ -246,7 +245,10 @@ class TerminalStage:
         self.internal = topic_name(Topic.SCORING, self.prefix)
         self.notifications = topic_name(Topic.NOTIFICATIONS, self.prefix)
         self.evaluation_queue = topic_name(Topic.EVALUATION_QUEUE, self.prefix)
-        self._drift_reported: object = None
+        self._drift_reported: dict[int, object] = {}
+        if self.learning is None:
+            self.learning = Learning(self.pipeline, Store("terminal-state", ""), SCORED_NAMES)
+        self.learn: Learning = self.learning
 
     def decode(self, raw: bytes) -> dict[str, Any]:
         """The scoring event's body: a transaction hand-over (``is_hand_over``), a watermark
@@ -286,57 +288,69 @@ class TerminalStage:
 
     def observe(self, table: Mapping[str, Any], tx: Mapping[str, Any]) -> dict[str, Any]:
         """The state a transaction changes in its scoring partition, by key (idempotent per
-        transaction id). Store each entry before the partition's next record reads the table."""
+        transaction id): its terminal's and, for a gateway-shaped transaction, its merchant's
+        and device's (``scoring.merchant``, namespaced keys). Store each entry before the
+        partition's next record reads the table."""
         terminal = tx["terminal_id"]
-        return {terminal: F.terminal_observe_tx(table.get(terminal), tx["transaction_id"],
-                                                to_millis(tx["event_time"]))}
+        t_ms = to_millis(tx["event_time"])
+        updates = {terminal: F.terminal_observe_tx(table.get(terminal), tx["transaction_id"],
+                                                   t_ms)}
+        updates.update(M.observe_tx(table, tx, t_ms))
+        return updates
 
     def observe_label(self, table: Mapping[str, Any],
                       label: Mapping[str, Any]) -> dict[str, Any]:
         """The state a label changes in its scoring partition, by key (idempotent per
-        transaction id). The learners take it separately (``queue_label``)."""
+        transaction id): its terminal's and, for a fraud label naming its merchant, the
+        merchant's and device's, which count it only from its ``known_at``. The learners take
+        it separately (``queue_label``)."""
         terminal = label["terminal_id"]
-        return {terminal: F.terminal_observe_label(
-            table.get(terminal), label["transaction_id"], to_millis(label["transaction_time"]),
-            is_fraud(label))}
+        t_ms = to_millis(label["transaction_time"])
+        fraud = is_fraud(label)
+        updates = {terminal: F.terminal_observe_label(
+            table.get(terminal), label["transaction_id"], t_ms, fraud)}
+        updates.update(M.observe_label(table, label, t_ms, to_millis(label["known_at"]), fraud))
+        return updates
 
-    def queue_label(self, label: Mapping[str, Any]) -> None:
-        """The label waits for the learners until event time passes its ``known_at``."""
-        heapq.heappush(self.pending, (to_millis(label["known_at"]), label["transaction_id"],
-                                      is_fraud(label), str(label.get("source") or "UNKNOWN")))
-        self._learn_due()
+    def queue_label(self, label: Mapping[str, Any], partition: int = 0, offset: int = -1
+                    ) -> None:
+        """The label waits for its partition's learners until event time passes its
+        ``known_at``; one read again after a crash (at or before the last offset taken in) is
+        not taken twice."""
+        taken = self.learn.of(partition).take_label(
+            offset, to_millis(label["known_at"]), label["transaction_id"], is_fraud(label),
+            str(label.get("source") or "UNKNOWN"))
+        if not taken:
+            metrics.LABELS_REPLAYED.inc()
+            return
+        self._learn_due(partition)
 
-    def _learn_due(self) -> None:
-        """Teach every label whose known_at event time has passed to the online learner and the
-        evaluator; an analyst's finding is also feedback on the decision this worker made."""
-        learned = False
-        while self.pending and self.pending[0][0] <= self.watermark_ms:
-            _, tx_id, fraud, origin = heapq.heappop(self.pending)
-            seen = self.scored.pop(tx_id, None)
+    def _learn_due(self, partition: int) -> None:
+        """Teach every label whose known_at event time has passed to the partition's online
+        learner and evaluator; an analyst's finding is also feedback on the decision made."""
+        learned = self.learn.of(partition)
+        due = learned.due()
+        for _, tx_id, fraud, origin in due:
+            seen = self.learn.take(partition, tx_id)
             if seen is None:
-                self.labels_unmatched += 1
+                learned.labels_unmatched += 1
                 metrics.LABELS_UNMATCHED.inc()
                 continue
-            self.pipeline.record_label(seen.features, seen.score, fraud)
+            self.pipeline.record_label(seen.features, seen.score, fraud, seen.decision, learned)
             if origin == "ANALYST":  # only flagged decisions count (the evaluator's rule)
-                self.pipeline.record_feedback(seen.decision, fraud)
-            self.labels_learned += 1
+                self.pipeline.record_feedback(seen.decision, fraud, learned)
             metrics.child(metrics.LABELS_LEARNED, origin).inc()
-            learned = True
-        if learned:
-            self._report_learning()
+        if due:
+            self.report_learning()
 
-    def _report_learning(self) -> None:
-        """What the learners now hold, as the learners themselves count it."""
-        online = self.pipeline.online
-        if online is not None:
-            metrics.ONLINE_LABELS.set(online.labels_seen)
-        evaluator = self.pipeline.evaluator
-        metrics.EVALUATOR_LABELS.set(evaluator.labels_recorded)
-        metrics.EVALUATOR_FEEDBACK.set(evaluator.feedback_recorded)
-        rate = evaluator.false_positive_rate
-        if rate is not None:
-            metrics.FALSE_POSITIVE_RATE.set(rate)
+    def report_learning(self) -> None:
+        """What the owned partitions' learners now hold, as the learners themselves count it."""
+        totals = self.learn.totals()
+        metrics.ONLINE_LABELS.set(totals["online_labels"])
+        metrics.EVALUATOR_LABELS.set(totals["evaluator_labels"])
+        metrics.EVALUATOR_FEEDBACK.set(totals["evaluator_feedback"])
+        if totals["false_positive_rate"] is not None:
+            metrics.FALSE_POSITIVE_RATE.set(totals["false_positive_rate"])
 
     def prepare(self, table: Mapping[str, Any], hand_over: Mapping[str, Any],
                 started: float, waited_out: bool = False) -> tuple[dict[str, Any], Prepared]:
@@ -344,7 +358,9 @@ class TerminalStage:
         state by key (``observe``; store it before the batch's next record reads the table) and
         what the decision needs. ``waited_out``: the watermarks never allowed it
         (streams.worker.watermarks), so its terminal history may be short; the verdict says
-        so (fallback ``watermark_timeout``)."""
+        so (fallback ``watermark_timeout``). A gateway-shaped transaction's row also has the
+        merchant and device features, read from the state just updated; any other leaves
+        them out (``scoring.merchant.has_merchant``)."""
         tx = hand_over["transaction"]
         t_ms = to_millis(tx["event_time"])
         amount = to_eur(tx["amount"], tx["currency"])
@@ -352,6 +368,7 @@ class TerminalStage:
         row = F.transaction_features(t_ms, amount)
         row.update(card_features_in(hand_over))
         row.update(F.terminal_features(updates[tx["terminal_id"]], t_ms))
+        row.update(M.features(updates, tx, t_ms))
         stale = hand_over["card_state_stale_s"]
         context = DecisionContext(
             now_ms=t_ms,
@@ -368,17 +385,23 @@ class TerminalStage:
     def decide_all(self, batch: list[Prepared]) -> list[Output]:
         """Verdicts for prepared transactions, in order: one decision-chain call for the batch
         (one model call per arm, one explanation call for what it flags)."""
+        for p in batch:  # each decided with what its own partition has learned
+            p.context.learned = self.learn.of(p.partition)
         decided = self.pipeline.decide_many(
             [(p.tx, p.row if p.context.feature_store_ok else None, p.context) for p in batch])
-        self._report_drift()
         out = []
+        touched: set[int] = set()
         for p, parts in zip(batch, decided, strict=True):
             if p.waited_out:
                 parts = replace(parts, fallbacks=(*parts.fallbacks, "watermark_timeout"))
-            self.watermark_ms = max(self.watermark_ms, p.context.now_ms)
-            self._remember(p.tx["transaction_id"], p.row, parts.score, parts.decision)
+            self.learn.of(p.partition).advance(p.context.now_ms)
+            self.learn.remember(p.partition, p.tx["transaction_id"], p.row, parts.score,
+                                parts.decision)
+            touched.add(p.partition)
             out.append(self.verdict(p.tx, parts, p.row, p.started, p.hand_over))
-        self._learn_due()
+        for q in touched:
+            self._learn_due(q)
+            self._report_drift(q)
         return out
 
     def decide_without_state(self, hand_over: Mapping[str, Any], started: float) -> Output:
@@ -396,21 +419,17 @@ class TerminalStage:
         parts = self.pipeline.decide(tx, None, context)
         return self.verdict(tx, parts, {}, started, hand_over)
 
-    def _report_drift(self) -> None:
-        """The evaluator recomputes PSI every so many verdicts; publish each new report once."""
-        evaluator = self.pipeline.evaluator
+    def _report_drift(self, partition: int) -> None:
+        """Each partition's evaluator recomputes PSI every so many of its verdicts; publish each
+        new report once (every partition's traffic is a random share of the whole)."""
+        evaluator = self.learn.of(partition).evaluator
         drift = evaluator.latest_drift
-        if drift is not None and drift is not self._drift_reported:
-            self._drift_reported = drift
+        if drift is not None and drift is not self._drift_reported.get(partition):
+            self._drift_reported[partition] = drift
             metrics.DRIFT_FALLBACKS.set(evaluator.drift_fallbacks)
             metrics.DRIFT_HISTORICAL.set(evaluator.drift_source == "historical")
             for name, d in drift.items():
                 metrics.DRIFT_PSI.labels(name).set(d.psi)
-
-    def _remember(self, tx_id: str, row: dict[str, float], score: float, decision: str) -> None:
-        self.scored[tx_id] = ScoredTransaction(row, score, decision)
-        if len(self.scored) > self.memory_size:
-            self.scored.popitem(last=False)
 
     def verdict(self, tx: Mapping[str, Any], parts: VerdictParts, row: Mapping[str, float],
                 started: float, hand_over: Mapping[str, Any]) -> Output:
@@ -421,6 +440,7 @@ class TerminalStage:
             "transaction_id": tx["transaction_id"],
             "card_token": tx["card_token"],
             "terminal_id": tx["terminal_id"],
+            "merchant_id": tx["merchant_id"], "device_id": tx.get("device_id"),
             **parts.verdict_fields(),
             "processing_latency_ms": (now - min(received, started)) * 1000.0,
             "transaction_time": tx["event_time"],
@@ -450,13 +470,28 @@ class TerminalStage:
         return Output(self.decisions, tx["transaction_id"].encode(), value,
                       opens_case=parts.decision == "REVIEW",
                       follow_ups=(*self._notify(record, parts.customer_message),
-                                  *self._queue_evaluation(record, parts)))
+                                  *self._queue_evaluation(record, parts.fallbacks)))
 
-    def _queue_evaluation(self, verdict: Mapping[str, Any], parts: VerdictParts
+    def resend(self, raw: bytes, partition: int) -> Output:
+        """A verdict already published for this transaction (read back from the decision topic
+        after a crash, ``streams.worker.lane``), sent again byte for byte with its follow-ups,
+        so a duplicate equals its first; the partition remembers what it was scored with."""
+        record = self.codec.decode(raw, topic=self.decisions, expect="verdict").record
+        tx_id = record["transaction_id"]
+        self.learn.of(partition).advance(to_millis(record["transaction_time"]))
+        self.learn.remember(partition, tx_id, record["features"], record["score"],
+                            record["decision"])
+        metrics.VERDICTS_RESENT.inc()
+        return Output(self.decisions, tx_id.encode(), raw,
+                      opens_case=record["decision"] == "REVIEW",
+                      follow_ups=(*self._notify(record, record["customer_message"]),
+                                  *self._queue_evaluation(record, record["fallbacks"])))
+
+    def _queue_evaluation(self, verdict: Mapping[str, Any], fallbacks: Sequence[str]
                           ) -> tuple[Output, ...]:
         """The evaluator failed on this verdict: what an offline evaluation needs goes to the
         evaluation queue, so the check and the drift sample it missed can be made up later."""
-        failed = [f for f in parts.fallbacks if f in EVALUATION_FAILURES]
+        failed = [f for f in fallbacks if f in EVALUATION_FAILURES]
         if not failed:
             return ()
         record = {"transaction_id": verdict["transaction_id"],

@@ -25,6 +25,8 @@ from typing import Any
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, TopicPartition
 
+_GONE = object()
+
 
 def encode_value(value: Any) -> bytes:
     """Compact JSON (orjson: a tenth of the standard library's time for a card's state, which
@@ -51,12 +53,19 @@ class Store:
         self.partitions[partition][key] = value
         self._dirty[partition].add(key)
 
-    def changes(self) -> Iterator[tuple[int, str, bytes]]:
-        """One record per key changed since the last call, then forget that they changed."""
+    def delete(self, partition: int, key: str) -> None:
+        """Forget ``key``; the next checkpoint writes its tombstone."""
+        if self.partitions[partition].pop(key, _GONE) is not _GONE:
+            self._dirty[partition].add(key)
+
+    def changes(self) -> Iterator[tuple[int, str, bytes | None]]:
+        """One record per key changed since the last call (None: deleted, a tombstone), then
+        forget that they changed."""
         for partition, keys in self._dirty.items():
             table = self.partitions[partition]
             for key in keys:
-                yield partition, key, encode_value(table[key])
+                value = table.get(key, _GONE)
+                yield partition, key, None if value is _GONE else encode_value(value)
             keys.clear()
 
     def keys(self) -> int:
@@ -130,3 +139,46 @@ def recover(config: dict[str, Any], topic: str, partition: int,
     finally:
         consumer.close()
     return table, read, time.monotonic() - started
+
+
+def read_back(config: dict[str, Any], topic: str, starts: dict[int, int],
+              timeout_s: float = 120.0) -> tuple[dict[str, bytes], int]:
+    """Each key's first value in ``topic`` from ``starts`` (partition -> offset) to the ends the
+    partitions had when called: (key -> value, records read). The lane reads its own verdicts
+    back this way after a restart (``streams.worker.lane``)."""
+    started = time.monotonic()
+    consumer = Consumer({**config, "enable.auto.commit": False,
+                         "group.id": f"{config.get('group.id', 'rakshit')}-read-back",
+                         "enable.partition.eof": False})
+    found: dict[str, bytes] = {}
+    read = 0
+    try:
+        ends: dict[int, int] = {}
+        assign = []
+        for partition, start in starts.items():
+            tp = TopicPartition(topic, partition)
+            low, high = partition_bounds(consumer, tp, started + 60.0)
+            begin = max(start, low)
+            if begin < high:
+                ends[partition] = high
+                assign.append(TopicPartition(topic, partition, begin))
+        if not assign:
+            return found, 0
+        consumer.assign(assign)
+        while ends:
+            if time.monotonic() - started > timeout_s:
+                raise TimeoutError(f"reading {topic} back: {read} records in {timeout_s} s, "
+                                   f"partitions {sorted(ends)} not at their ends")
+            for msg in consumer.consume(num_messages=10_000, timeout=0.5):
+                if msg.error() is not None:
+                    continue
+                read += 1
+                partition, offset = int(msg.partition() or 0), int(msg.offset() or 0)
+                key, value = msg.key(), msg.value()
+                if key is not None and value is not None:
+                    found.setdefault(key.decode(), value)
+                if partition in ends and offset >= ends[partition] - 1:
+                    del ends[partition]
+    finally:
+        consumer.close()
+    return found, read

@@ -182,15 +182,22 @@ def ensure_champion(settings: Settings, options: DemoOptions) -> None:
 
     registry = registry_for(settings)
     champion = registry.champion_version()
-    if champion is not None and registry.meta(champion).get("source") == DEMO_SOURCE:
-        print(f"model: champion {champion} ({registry.root})", flush=True)
-        return
-    print(f"model: no champion trained on demo-shaped simulator traffic in {registry.root}; "
-          "training one (once, well under a minute)...", flush=True)
-    trained = train_for_demo(registry, customers=demo_customers(options.rate),
-                             event_rate=options.rate / options.speedup,
-                             span_s=options.duration_s * options.speedup,
-                             scenario=options.scenario)
+    customers = demo_customers(options.rate)
+    event_rate, span_s = options.rate / options.speedup, options.duration_s * options.speedup
+    # The shape as train_for_demo writes it into the model's notes: another rate, duration or
+    # scenario is other traffic (card histories of another length), so it gets its own model.
+    shape = (f"of {span_s:g} event-s at {event_rate:g} tx/s, {customers} customers, "
+             f"scenario {options.scenario}")
+    if champion is not None:
+        meta = registry.meta(champion)
+        if meta.get("source") == DEMO_SOURCE and shape in str(meta.get("notes", "")):
+            print(f"model: champion {champion} ({registry.root})", flush=True)
+            return
+    print(f"model: no champion trained on simulator traffic shaped like this demo ({shape}) "
+          f"in {registry.root}; training one (once per shape, well under a minute)...",
+          flush=True)
+    trained = train_for_demo(registry, customers=customers, event_rate=event_rate,
+                             span_s=span_s, scenario=options.scenario)
     print(f"model: champion {trained['version']} from {trained['runs']} runs, "
           f"{trained['transactions']} transactions in {trained['seconds']} s; held-out AP "
           f"{trained['held_out_ap']:.3f}", flush=True)

@@ -108,8 +108,9 @@ class Learning:
         order = self._order.setdefault(q, deque())
         if key not in table:
             order.append(key)
-        self.store.put(q, key, [score, decision, self._layout,
-                                [_json(row.get(n)) for n in self.names]])
+        # orjson writes a missing value, NaN or infinity as null; ``take`` leaves nulls out.
+        get = row.get
+        self.store.put(q, key, [score, decision, self._layout, [get(n) for n in self.names]])
         limit = max(1, self.memory // max(1, len(self.learned)))
         while len(order) > limit:
             self.store.delete(q, order.popleft())
@@ -188,8 +189,3 @@ class Learning:
                 "evaluator_feedback": feedback, "labels_learned": learned,
                 "false_positive_rate": genuine_flags / flags if flags else None}
 
-
-def _json(value: float | None) -> float | None:
-    if value is None or value != value or value in (float("inf"), float("-inf")):
-        return None
-    return float(value)

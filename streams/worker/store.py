@@ -98,6 +98,13 @@ def partition_bounds(consumer: Consumer, tp: TopicPartition, deadline: float) ->
             time.sleep(0.2)
 
 
+def _reader(config: dict[str, Any], purpose: str) -> Consumer:
+    """A consumer that reads assigned partitions and never commits (its group only names it)."""
+    return Consumer({**config, "enable.auto.commit": False,
+                     "group.id": f"{config.get('group.id', 'rakshit')}-{purpose}",
+                     "enable.partition.eof": False})
+
+
 def recover(config: dict[str, Any], topic: str, partition: int,
             timeout_s: float = 600.0) -> tuple[dict[str, Any], int, float]:
     """Read changelog partition ``partition`` to its end: (table, records read, seconds).
@@ -106,9 +113,7 @@ def recover(config: dict[str, Any], topic: str, partition: int,
     changelog is always read from its beginning (compaction keeps it to one record per key).
     """
     started = time.monotonic()
-    consumer = Consumer({**config, "enable.auto.commit": False,
-                         "group.id": f"{config.get('group.id', 'rakshit')}-restore",
-                         "enable.partition.eof": False})
+    consumer = _reader(config, "restore")
     table: dict[str, Any] = {}
     read = 0
     try:
@@ -147,9 +152,7 @@ def read_back(config: dict[str, Any], topic: str, starts: dict[int, int],
     partitions had when called: (key -> value, records read). The lane reads its own verdicts
     back this way after a restart (``streams.worker.lane``)."""
     started = time.monotonic()
-    consumer = Consumer({**config, "enable.auto.commit": False,
-                         "group.id": f"{config.get('group.id', 'rakshit')}-read-back",
-                         "enable.partition.eof": False})
+    consumer = _reader(config, "read-back")
     found: dict[str, bytes] = {}
     read = 0
     try:

@@ -12,7 +12,7 @@ ARGS   ?=
 
 CHROMIUM := /usr/bin/chromium
 
-.PHONY: setup demo test lint unit broker-stop clean postgresql
+.PHONY: setup demo test lint unit broker-stop clean postgresql prometheus
 
 $(STAMP): pyproject.toml
 	@test -n "$(PYTHON)" || { echo "Python 3.11+ is required (python3, python3.12 or python3.11)"; exit 1; }
@@ -47,10 +47,21 @@ postgresql:
 	    sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; fi; \
 	fi
 
-test: lint $(CHROMIUM) postgresql
+# The alerting rules' tests (tests/test_alerts.py) run Debian's promtool on the rules and their
+# unit tests, and start Debian's prometheus server on a free loopback port to scrape a worker.
+prometheus:
+	@if [ ! -x /usr/bin/prometheus ] || [ ! -x /usr/bin/promtool ]; then \
+	  echo "installing Debian's prometheus for the alerting rules' tests"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; \
+	  else sudo apt-get update -qq && \
+	    sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; fi; \
+	fi
+
+test: lint $(CHROMIUM) postgresql prometheus
 	$(BIN)/pytest $(ARGS)
 
-unit: setup postgresql
+unit: setup postgresql prometheus
 	$(BIN)/pytest -m "not kafka" $(ARGS)
 
 broker-stop: setup

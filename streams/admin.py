@@ -11,10 +11,56 @@ import time
 from dataclasses import dataclass
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
+from confluent_kafka.admin import (  # type: ignore[attr-defined]
+    AclBinding,
+    AclOperation,
+    AclPermissionType,
+    AdminClient,
+    NewTopic,
+    ResourcePatternType,
+    ResourceType,
+)
 
 from streams.config import Settings
-from streams.topics import TOPICS, topic_name
+from streams.topics import TOPICS, Topic, topic_name
+
+# Who may do what, with RAKSHIT_KAFKA_AUTH=scram (the broker's StandardAuthorizer refuses the
+# rest; "broker" and "admin" are super users). Topic -> "read", "write" or "read,write".
+# Gateways produce transactions, outcomes and labels and follow the routing policy; the worker
+# writes every verdict, hypothesis, experiment, policy and notification and its internal topics;
+# the API writes case commands and refusal audits and reads what its pages and store show.
+READ, WRITE, BOTH = "read", "write", "read,write"
+ACLS: dict[str, dict[Topic, str]] = {
+    "gateway": {Topic.TRANSACTIONS: WRITE, Topic.AUTH_OUTCOMES: WRITE, Topic.LABELS: WRITE,
+                Topic.ROUTING_POLICY: READ},
+    "worker": {
+        Topic.TRANSACTIONS: READ, Topic.AUTH_OUTCOMES: READ,
+        # Analysts' confirmed fraud becomes a label (the case agent), read back by the lane.
+        Topic.LABELS: BOTH,
+        # Read back: the lane's checkpoint says where the decision topic stood.
+        Topic.DECISIONS: BOTH,
+        Topic.SCORING: BOTH, Topic.ROUTE_OUTCOMES: BOTH, Topic.HYPOTHESES: BOTH,
+        Topic.EXPERIMENTS: WRITE, Topic.ROUTING_POLICY: WRITE, Topic.NOTIFICATIONS: WRITE,
+        Topic.CASES: WRITE, Topic.WHITELIST: BOTH, Topic.REVIEW_QUEUE: BOTH,
+        Topic.DEAD_LETTERS: WRITE, Topic.AUDIT: WRITE, Topic.MODEL_QUALITY: WRITE,
+        Topic.EVALUATION_QUEUE: WRITE,
+        # NOT YET ONLY THE API'S: the lane sends each REVIEW verdict's OPEN command here
+        # (streams.worker.casework.open_case). Until OPEN moves to a worker-owned topic the
+        # worker keeps WRITE, and tests/test_kafka_acl.py marks that refusal as expected to fail.
+        Topic.CASE_COMMANDS: BOTH,
+    },
+    "api": {Topic.CASE_COMMANDS: BOTH, Topic.AUDIT: BOTH, Topic.CASES: READ,
+            Topic.ROUTING_POLICY: READ, Topic.HYPOTHESES: READ, Topic.EXPERIMENTS: READ,
+            Topic.DECISIONS: READ, Topic.AUTH_OUTCOMES: READ, Topic.MODEL_QUALITY: READ},
+}
+# Consumer groups each principal may join, by name prefix (the worker's: its app id).
+GROUP_PREFIXES: dict[str, tuple[str, ...]] = {
+    "gateway": ("rakshit-simulator-",),
+    "api": ("rakshit-api-", "rakshit-offsets"),
+    # The lane's changelog readers name the group "rakshit-restore" (streams.worker.store) though
+    # they never join or commit; librdkafka still looks its coordinator up.
+    "worker": ("rakshit-restore",),
+}
 
 
 @dataclass(frozen=True)
@@ -48,11 +94,62 @@ def delete_run_topics(settings: Settings) -> None:
 
 
 def admin_client(settings: Settings) -> AdminClient:
-    return AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    return AdminClient(settings.kafka_config())
+
+
+def acl_bindings(settings: Settings) -> list[AclBinding]:
+    """The ACLs of ACLS for this run's topic prefix and app id."""
+    bindings: list[AclBinding] = []
+
+    def allow(principal: str, restype: ResourceType, name: str, pattern: ResourcePatternType,
+              op: AclOperation) -> None:
+        bindings.append(AclBinding(restype, name, pattern, f"User:{principal}", "*", op,
+                                   AclPermissionType.ALLOW))
+
+    literal, prefixed = ResourcePatternType.LITERAL, ResourcePatternType.PREFIXED
+    for principal, topics in ACLS.items():
+        # Every service may see which of the project's topics exist (and their offsets), so
+        # ensure_topics finds them; seeing is not reading.
+        allow(principal, ResourceType.TOPIC, f"{settings.topic_prefix}rakshit.", prefixed,
+              AclOperation.DESCRIBE)
+        allow(principal, ResourceType.BROKER, "kafka-cluster", literal,
+              AclOperation.IDEMPOTENT_WRITE)
+        for topic, ops in topics.items():
+            name = topic_name(topic, settings.topic_prefix)
+            for what in ops.split(","):
+                allow(principal, ResourceType.TOPIC, name, literal,
+                      AclOperation.READ if what == READ else AclOperation.WRITE)
+        for group in GROUP_PREFIXES.get(principal, ()):
+            allow(principal, ResourceType.GROUP, group, prefixed, AclOperation.READ)
+    # The worker's own namespace: Faust's and the lane's changelogs and internal topics
+    # (`<app id>-*`), its consumer groups and transactional ids (`<app id>*`).
+    for op in (AclOperation.CREATE, AclOperation.READ, AclOperation.WRITE, AclOperation.DESCRIBE,
+               AclOperation.DESCRIBE_CONFIGS, AclOperation.ALTER_CONFIGS):
+        allow("worker", ResourceType.TOPIC, f"{settings.app_id}-", prefixed, op)
+    for op in (AclOperation.READ, AclOperation.DESCRIBE):
+        allow("worker", ResourceType.GROUP, settings.app_id, prefixed, op)
+    for op in (AclOperation.WRITE, AclOperation.DESCRIBE):
+        allow("worker", ResourceType.TRANSACTIONAL_ID, settings.app_id, prefixed, op)
+    return bindings
+
+
+def ensure_acls(settings: Settings, timeout_s: float = 30.0) -> int:
+    """Grant ACLS for this run (creating an ACL that exists changes nothing); returns how many.
+    Only a super user can; without authentication there is nothing to grant."""
+    if not settings.kafka_secured:
+        return 0
+    bindings = acl_bindings(settings)
+    admin = admin_client(settings)  # held: a collected client cancels its futures
+    for future in admin.create_acls(bindings, request_timeout=timeout_s).values():
+        future.result()
+    return len(bindings)
 
 
 def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> dict[str, str]:
-    """Create every declared topic that does not exist yet; returns name -> 'created'|'exists'."""
+    """Create every declared topic that does not exist yet; returns name -> 'created'|'exists'.
+    As the admin principal with authentication on, also grants the run's ACLs (ensure_acls)."""
+    if settings.kafka_secured and settings.kafka_user == "admin":
+        ensure_acls(settings, timeout_s)
     admin = admin_client(settings)
     existing = admin.list_topics(timeout=timeout_s).topics
     wanted = []
@@ -126,7 +223,7 @@ def end_offsets(settings: Settings, topic: str, timeout_s: float = 10.0) -> dict
 
 
 def _offsets_consumer(settings: Settings) -> Consumer:
-    return Consumer({"bootstrap.servers": settings.bootstrap_servers,
+    return Consumer({**settings.kafka_config(),
                      "group.id": "rakshit-offsets", "enable.auto.commit": False})
 
 

@@ -6,11 +6,17 @@ import argparse
 import contextlib
 import json
 import sys
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 
 from streams.config import HANDBOOK_DIR, Settings
 from streams.simulator.scenarios import scenario_names
+
+# Subcommands whose SIGTERM and SIGINT become streams.launcher.Interrupted: those that start
+# processes (each stops them on the way out) and the long-running worker and API (clean stop
+# during start-up; each hands the signals to its own loop once up).
+SUPERVISING = frozenset({"demo", "bench", "evaluate", "worker", "api"})
 
 # `rakshit worker --loglevel` names, as Faust spells them, for the raw passthrough's logging.
 LOG_LEVELS = {"crit": 50, "error": 40, "warn": 30, "info": 20, "debug": 10}
@@ -137,8 +143,18 @@ def build_parser() -> argparse.ArgumentParser:
     api.add_argument("--host", default="127.0.0.1")
     api.add_argument("--port", type=int, default=8080)
     api.add_argument("--tokens", type=Path, default=None,
-                     help="JSON token -> {user, role}; default RAKSHIT_HOME/api-tokens.json, "
-                          "made with one token per role if missing")
+                     help="the hashed token store (`rakshit tokens issue|rotate|revoke|list` "
+                          "manages it); default RAKSHIT_HOME/api-tokens.json")
+
+    tokens = sub.add_parser("tokens", help="API tokens, stored hashed: issue, rotate, revoke")
+    tokens.add_argument("action", choices=("issue", "rotate", "revoke", "list"))
+    tokens.add_argument("--user", default=None, help="whose token (issue, rotate, revoke)")
+    tokens.add_argument("--role", default=None, choices=("viewer", "analyst", "admin"),
+                        help="issue: the token's role")
+    tokens.add_argument("--ttl-days", type=float, default=None,
+                        help="days until it expires (issue: 30; rotate: as the old one)")
+    tokens.add_argument("--file", type=Path, default=None,
+                        help="the token store; default RAKSHIT_HOME/api-tokens.json")
 
     demo = sub.add_parser("demo", help="broker, topics, worker and simulator, with a summary")
     demo.add_argument("--duration", type=float, default=20.0)
@@ -167,6 +183,49 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    return guarded(args.command, lambda: command(args))
+
+
+def guarded(name: str, run: Callable[[], int]) -> int:
+    """Run a subcommand so that it fails loudly and cleans up: SIGTERM and SIGINT stop every
+    process it started (exit 128 + the signal), and a child that died or a process that cannot
+    start ends it with one line on stderr (exit 1). streams.launcher has the parts."""
+    from streams.launcher import (
+        ChildExited,
+        Interrupted,
+        StartupFailed,
+        children,
+        one_line,
+        raise_on_signals,
+        stop_children,
+        stopped_on_signal,
+        watch_parent,
+    )
+
+    watch_parent()  # a child of the demo, a benchmark or a test: stop when it goes away
+    # The worker's Faust takes SIGTERM and SIGINT over once it is up.
+    restore = raise_on_signals() if name in SUPERVISING else (lambda: None)
+    before = {child.proc.pid for child in children()}  # not ours to stop (a caller's)
+    try:
+        try:
+            return run()
+        finally:
+            try:
+                stop_children(keep=before)
+            finally:
+                restore()
+    except Interrupted as stop:
+        left = stopped_on_signal()
+        stopped = f"; stopped {', '.join(f'{c.name} pid {c.proc.pid}' for c in left)}" \
+            if left else ""
+        print(f"rakshit {name}: stopped by {stop.signame}{stopped}", file=sys.stderr, flush=True)
+        return stop.exit_code
+    except (ChildExited, StartupFailed) as exc:
+        print(f"rakshit {name}: {one_line(str(exc))}", file=sys.stderr, flush=True)
+        return 1
+
+
+def command(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
 
     if args.command == "broker":
@@ -202,11 +261,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     if args.command == "worker":
-        from streams.broker import ensure_broker
+        from streams.launcher import serve_metrics
 
-        ensure_broker(settings)
+        serve_metrics(settings)  # first: a taken port ends it at once, before anything starts
+        broker_up(settings)
         if args.passthrough == "raw":
             import logging
+            from dataclasses import replace
 
             from streams.admin import ensure_topics
             from streams.bench.passthrough import run_raw_passthrough
@@ -214,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
             logging.basicConfig(level=LOG_LEVELS[args.loglevel],
                                 format="%(asctime)s %(levelname)s %(name)s: %(message)s")
             ensure_topics(settings)
-            run_raw_passthrough(settings)
+            run_raw_passthrough(replace(settings, metrics_port=0))  # metrics served above
             return 0
         from streams.worker.app import run_worker
 
@@ -269,6 +330,9 @@ def main(argv: list[str] | None = None) -> int:
                                      promote=args.promote or None)
         print(json.dumps(trained, indent=2, default=str))
         return 0
+
+    if args.command == "tokens":
+        return tokens_command(settings, args)
 
     if args.command == "models":
         return models_command(settings, args.action, args.version, args.share)
@@ -349,13 +413,21 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     if args.command == "api":
-        from streams.admin import ensure_topics
-        from streams.api.server import run_api
-        from streams.broker import ensure_broker
+        from confluent_kafka import KafkaException
 
-        ensure_broker(settings)
-        ensure_topics(settings)
-        run_api(settings, args.host, args.port, args.tokens)
+        from streams.admin import ensure_topics
+        from streams.api.server import listen, run_api
+        from streams.launcher import StartupFailed
+
+        sock = listen(args.host, args.port)  # first: a taken port ends it at once
+        broker_up(settings)
+        try:
+            ensure_topics(settings)  # the first request that needs rights on the cluster
+        except KafkaException as exc:
+            raise StartupFailed(f"cannot check or create the topics at "
+                                f"{settings.bootstrap_servers}: "
+                                f"{exc.args[0] if exc.args else exc}") from exc
+        run_api(settings, args.host, args.port, args.tokens, sock=sock)
         return 0
 
     if args.command == "demo":
@@ -374,6 +446,62 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if ok else 1
 
     return 2
+
+
+def broker_up(settings: Settings) -> None:
+    """The broker a worker or the API needs: the cluster named, or the embedded one (started
+    here when the command is run by hand; a child of the demo, a benchmark or a test joins the
+    broker its parent made sure of and starts none). Nothing listening, or no answer, ends the
+    command at once with one line (streams.launcher.StartupFailed)."""
+    from infra.kafka.launcher import BrokerError
+    from streams.broker import ensure_broker
+    from streams.launcher import StartupFailed, probe_broker, started_by_parent
+
+    if not settings.embedded or started_by_parent():
+        probe_broker(settings)
+    try:
+        ensure_broker(settings)
+    except BrokerError as exc:
+        raise StartupFailed(str(exc)) from exc
+
+
+def tokens_command(settings: Settings, args: argparse.Namespace) -> int:
+    """`rakshit tokens`: a token is printed once, when issued; only its hash is kept."""
+    from datetime import timedelta
+
+    from streams.api.server import token_store, tokens_path
+
+    store = token_store(settings, args.file)
+    where = args.file or tokens_path(settings)
+    ttl = timedelta(days=args.ttl_days) if args.ttl_days is not None else None
+    if args.action == "list":
+        for r in store.records():
+            state = "revoked" if r.revoked_at else "live"
+            print(f"{r.token_id}  {r.user:<16} {r.role:<8} expires {r.expires_at:%Y-%m-%d %H:%M}"
+                  f" UTC  {state}")
+        return 0
+    if not args.user or (args.action == "issue" and not args.role):
+        print(f"tokens {args.action} needs --user" + (" and --role" if args.action == "issue"
+                                                      else ""), file=sys.stderr)
+        return 2
+    try:
+        if args.action == "issue":
+            token = store.issue(args.user, args.role, ttl) if ttl else store.issue(
+                args.user, args.role)
+        elif args.action == "rotate":
+            token = store.rotate(args.user, ttl)
+        else:
+            gone = store.revoke(args.user)
+            print(f"revoked {len(gone)} token(s) of {args.user} in {where}")
+            return 0 if gone else 1
+    except (ValueError, LookupError) as exc:
+        print(f"tokens {args.action}: {exc}", file=sys.stderr)
+        return 2
+    print(token)
+    print(f"(shown once; stored hashed in {where}"
+          + ("; the old ones are revoked" if args.action == "rotate" else "") + ")",
+          file=sys.stderr)
+    return 0
 
 
 def models_command(settings: Settings, action: str, version: str | None, share: float) -> int:

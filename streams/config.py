@@ -8,8 +8,9 @@ or a managed one without edits.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 # The public fraud data set lives beside the repository and is read from there, never copied in.
@@ -38,6 +39,15 @@ class Settings:
     schema_registry_url: str | None = None
     topic_prefix: str = ""
     default_partitions: int = 6
+    # Kafka authentication: "none" (plaintext, anyone on loopback may write anything) or "scram"
+    # (SASL/SCRAM-SHA-512 with per-principal ACLs, see streams.admin.ACLS). Each process names
+    # its principal (RAKSHIT_KAFKA_USER: admin, worker, api or gateway) and reads its password
+    # from a 0600 file (RAKSHIT_KAFKA_PASSWORD_FILE, default <credentials dir>/<user>.password);
+    # the embedded broker generates every principal's file once, at its first start.
+    kafka_auth: str = "none"
+    kafka_user: str = "admin"
+    kafka_password_file: Path | None = None
+    kafka_credentials_dir: Path | None = None
 
     # Worker.
     app_id: str = "rakshit-worker"
@@ -64,6 +74,43 @@ class Settings:
     @property
     def bootstrap_servers(self) -> str:
         return self.external_bootstrap or f"127.0.0.1:{self.broker_port}"
+
+    @property
+    def kafka_secured(self) -> bool:
+        return self.kafka_auth == "scram"
+
+    @property
+    def credentials_dir(self) -> Path:
+        """Where the embedded broker keeps one password file per principal (0700, files 0600)."""
+        return self.kafka_credentials_dir or self.home / "kafka-credentials"
+
+    @property
+    def password_file(self) -> Path:
+        return self.kafka_password_file or self.credentials_dir / f"{self.kafka_user}.password"
+
+    def as_principal(self, user: str) -> Settings:
+        """These settings acting as another Kafka principal (its own password file)."""
+        return replace(self, kafka_user=user, kafka_password_file=None)
+
+    def kafka_password(self) -> str:
+        """This principal's password, read from its file on each call; never logged."""
+        try:
+            return self.password_file.read_text().strip()
+        except FileNotFoundError:
+            raise RuntimeError(f"RAKSHIT_KAFKA_AUTH=scram but {self.password_file} does not exist "
+                               "(the embedded broker writes it at its first start)") from None
+
+    def kafka_config(self) -> dict[str, Any]:
+        """The librdkafka settings every confluent-kafka client starts from: the bootstrap
+        servers and, with authentication on, this principal's SASL/SCRAM login. Callers add
+        their own keys: ``{**settings.kafka_config(), "group.id": ...}``."""
+        config: dict[str, Any] = {"bootstrap.servers": self.bootstrap_servers}
+        if self.kafka_secured:
+            config.update({"security.protocol": "SASL_PLAINTEXT",
+                           "sasl.mechanism": "SCRAM-SHA-512",
+                           "sasl.username": self.kafka_user,
+                           "sasl.password": self.kafka_password()})
+        return config
 
     @property
     def routing_baseline(self) -> Path:
@@ -109,7 +156,12 @@ class Settings:
             "RAKSHIT_MAX_RECORD_BYTES": str(self.max_record_bytes),
             "RAKSHIT_MAX_AMOUNT": str(self.max_amount),
             "RAKSHIT_MAX_FUTURE_SKEW_S": str(self.max_future_skew_s),
+            "RAKSHIT_KAFKA_AUTH": self.kafka_auth,
+            "RAKSHIT_KAFKA_USER": self.kafka_user,
+            "RAKSHIT_KAFKA_CREDENTIALS_DIR": str(self.credentials_dir),
         }
+        if self.kafka_password_file:
+            env["RAKSHIT_KAFKA_PASSWORD_FILE"] = str(self.kafka_password_file)
         if self.external_bootstrap:
             env["KAFKA_BOOTSTRAP_SERVERS"] = self.external_bootstrap
         if self.schema_registry_url:
@@ -122,12 +174,16 @@ class Settings:
 
     @classmethod
     def from_env(cls) -> Settings:
+        home = Path(_env("RAKSHIT_HOME", str(REPO_ROOT / ".rakshit")))
+        auth = _env("RAKSHIT_KAFKA_AUTH", "none").lower()
+        if auth not in ("none", "scram"):
+            raise ValueError(f"RAKSHIT_KAFKA_AUTH must be none or scram, not {auth!r}")
         return cls(
             external_bootstrap=os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or None,
             broker_port=int(_env("RAKSHIT_BROKER_PORT", "9092")),
             controller_port=int(_env("RAKSHIT_CONTROLLER_PORT", "9093")),
             kafka_version=_env("RAKSHIT_KAFKA_VERSION", "4.3.1"),
-            home=Path(_env("RAKSHIT_HOME", str(REPO_ROOT / ".rakshit"))),
+            home=home,
             models_dir=Path(os.environ["RAKSHIT_MODELS_DIR"])
             if os.environ.get("RAKSHIT_MODELS_DIR") else None,
             schema_registry_url=os.environ.get("SCHEMA_REGISTRY_URL") or None,
@@ -144,4 +200,11 @@ class Settings:
             max_record_bytes=int(_env("RAKSHIT_MAX_RECORD_BYTES", str(64 * 1024))),
             max_amount=float(_env("RAKSHIT_MAX_AMOUNT", "1000000")),
             max_future_skew_s=float(_env("RAKSHIT_MAX_FUTURE_SKEW_S", "600")),
+            kafka_auth=auth,
+            kafka_user=_env("RAKSHIT_KAFKA_USER", "admin"),
+            kafka_password_file=Path(os.environ["RAKSHIT_KAFKA_PASSWORD_FILE"])
+            if os.environ.get("RAKSHIT_KAFKA_PASSWORD_FILE") else None,
+            # Resolved here, not from a later home: a test's own home still finds the broker's.
+            kafka_credentials_dir=Path(_env("RAKSHIT_KAFKA_CREDENTIALS_DIR",
+                                            str(home / "kafka-credentials"))),
         )

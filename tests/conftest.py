@@ -62,7 +62,8 @@ def kafka_bootstrap() -> Iterator[str]:
           "broker from Maven Central jars")
     defaults = Settings.from_env()
     port = int(os.environ.get("RAKSHIT_TEST_BROKER_PORT", "29092"))
-    broker = EmbeddedBroker(defaults.home, defaults.kafka_version, port, port + 1)
+    broker = EmbeddedBroker(defaults.home, defaults.kafka_version, port, port + 1,
+                            auth=defaults.kafka_auth, credentials_dir=defaults.credentials_dir)
     shutil.rmtree(broker.run_dir, ignore_errors=True)  # a fresh log dir: no state between runs
     status = broker.start(timeout_s=180)
     print(f"[kafka] {status.describe()}")

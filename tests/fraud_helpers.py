@@ -8,6 +8,7 @@ these live in tests/conftest.py.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -17,6 +18,7 @@ import lightgbm as lgb
 import numpy as np
 
 from agents.fraud.decision import ThresholdConfig
+from agents.fraud.executor import Executor
 from agents.fraud.guardrail import SanctionsList, record_amount
 from agents.fraud.pipeline import DecisionContext, DecisionPipeline, VerdictParts
 from agents.fraud.risk_scorer import BoosterScorer, Scorer
@@ -91,6 +93,9 @@ def context(**overrides: Any) -> DecisionContext:
 
 
 def pipeline(scorer: Scorer | None, **kwargs: Any) -> DecisionPipeline:
+    """The chain as the worker builds it: the model's time budget in this thread's CPU
+    seconds (streams.worker.chain), so a loaded test machine does not time the model out."""
+    kwargs.setdefault("make_executor", lambda: Executor(clock=time.thread_time))
     return DecisionPipeline(RuleEngine.from_file(), scorer, **kwargs)
 
 

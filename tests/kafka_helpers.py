@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
+import sys
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -12,7 +14,7 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from streams.config import Settings
+from streams.config import REPO_ROOT, Settings
 from streams.launcher import spawn, stop_process, wait_for_group
 from streams.topics import Topic, topic_name
 
@@ -36,6 +38,7 @@ class WorkerProcess:
         assert self.proc is not None
         os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
+        stop_process(self.proc)  # only forgets it: the launcher keeps the running ones
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -46,7 +49,7 @@ class WorkerProcess:
 
 
 def producer(settings: Settings) -> Producer:
-    return Producer({"bootstrap.servers": settings.bootstrap_servers, "linger.ms": 2,
+    return Producer({**settings.kafka_config(), "linger.ms": 2,
                      "enable.idempotence": True, "message.max.bytes": 2_000_000})
 
 
@@ -83,7 +86,7 @@ def read_all(settings: Settings, topic: str, until: int | None = None,
 
     Stops when `until` records arrived, or (with until=None) after idle_s without new records.
     """
-    c = Consumer({"bootstrap.servers": settings.bootstrap_servers,
+    c = Consumer({**settings.kafka_config(),
                   "group.id": f"test-reader-{time.time_ns()}", "enable.auto.commit": False,
                   "isolation.level": "read_committed", "auto.offset.reset": "earliest"})
     meta = c.list_topics(topic, timeout=10)
@@ -109,3 +112,76 @@ def read_all(settings: Settings, topic: str, until: int | None = None,
 
 def name(settings: Settings, topic: Topic) -> str:
     return topic_name(topic, settings.topic_prefix)
+
+
+# -- processes as a person or a service manager runs them (tests/test_process_lifecycle.py) ----
+
+def cli_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment a `rakshit` command needs to run with ``settings``."""
+    env = {**os.environ, **settings.to_env(), **extra}
+    if settings.external_bootstrap is None:
+        env.pop("KAFKA_BOOTSTRAP_SERVERS", None)
+    return env
+
+
+def rakshit(*args: str, out: Path, err: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """``python -m streams.cli *args`` in its own session (a signal to the test reaches it only
+    when sent to it), its stdout and stderr in files."""
+    with out.open("wb") as stdout, err.open("wb") as stderr:
+        return subprocess.Popen([sys.executable, "-m", "streams.cli", *args], cwd=REPO_ROOT,
+                                env=env, stdout=stdout, stderr=stderr,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+def wait_for_line(path: Path, text: str, proc: subprocess.Popen[bytes], timeout_s: float,
+                  also: Path | None = None) -> str:
+    """The first line of ``path`` containing ``text``, once written; fails when ``proc`` ends
+    first or the time runs out, showing what it wrote."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        written = path.read_text(errors="replace") if path.exists() else ""
+        for line in written.splitlines():
+            if text in line:
+                return line
+        if proc.poll() is not None:
+            break
+        time.sleep(0.2)
+    said = also.read_text(errors="replace")[-3000:] if also and also.exists() else ""
+    raise AssertionError(f"no line with {text!r} (exit {proc.poll()}):\n"
+                         f"{(path.read_text(errors='replace') if path.exists() else '')[-3000:]}"
+                         f"\n{said}")
+
+
+def pid_alive(pid: int) -> bool:
+    """True while any thread of process ``pid`` runs. A zombie waiting for its parent to reap
+    it has stopped; but a main thread that has ended shows as a zombie too while the process's
+    other threads still run (and hold its sockets)."""
+    try:
+        tasks = [t.name for t in Path(f"/proc/{pid}/task").iterdir()]
+    except OSError:
+        return False
+    for task in tasks:
+        try:
+            stat = Path(f"/proc/{pid}/task/{task}/stat").read_text()
+        except OSError:
+            continue
+        if stat[stat.rindex(")") + 2:].split()[0] != "Z":
+            return True
+    return False
+
+
+def wait_gone(pid: int, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while pid_alive(pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def port_answers(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), 2).close()
+    except OSError:
+        return False
+    return True

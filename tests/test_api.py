@@ -17,9 +17,10 @@ from streams.api.readmodel import ReadModel
 from streams.api.routes import Auth, create_api
 
 NOW = datetime(2025, 3, 4, 3, 0, tzinfo=UTC)
-TOKENS = {"tv": {"user": "victor", "role": "viewer"},
-          "ta": {"user": "alice", "role": "analyst"},
-          "tadm": {"user": "root", "role": "admin"}}
+AUTH = Auth.in_memory()
+TV = AUTH.store.issue("victor", "viewer")
+TA = AUTH.store.issue("alice", "analyst")
+TADM = AUTH.store.issue("root", "admin")
 
 
 def auth(token: str) -> dict[str, str]:
@@ -128,7 +129,7 @@ def run(scenario: Scenario, model: ReadModel | None = None, heartbeat_s: float =
     async def main() -> None:
         sink = FakeSink()
         m = model or fed_model()
-        app = create_api(m, sink, Auth.from_mapping(TOKENS), clock=lambda: NOW,
+        app = create_api(m, sink, AUTH, clock=lambda: NOW,
                          heartbeat_s=heartbeat_s)
         async with TestClient(TestServer(app)) as client:
             await scenario(client, sink, m)
@@ -166,9 +167,9 @@ def test_no_token_is_401_and_audited() -> None:
 
 def test_viewer_reads_but_cannot_resolve() -> None:
     async def scenario(client: Any, sink: FakeSink, _: ReadModel) -> None:
-        resp = await client.get("/api/cases", headers=auth("tv"))
+        resp = await client.get("/api/cases", headers=auth(TV))
         assert resp.status == 200
-        resp = await client.post("/api/cases/case-v-9/resolve", headers=auth("tv"),
+        resp = await client.post("/api/cases/case-v-9/resolve", headers=auth(TV),
                                  json={"reason": "looks fine", "resolution": "APPROVE"})
         assert resp.status == 403
         body = await resp.json()
@@ -177,7 +178,7 @@ def test_viewer_reads_but_cannot_resolve() -> None:
         assert (entry["actor"], entry["role"], entry["action"]) == ("victor", "VIEWER", "RESOLVE")
         assert entry["outcome"] == "REFUSED" and entry["refusal"] == "FORBIDDEN"
         make_codec(None).encode("audit", entry, topic="t")
-        resp = await client.get("/api/audit", headers=auth("ta"))  # admin only
+        resp = await client.get("/api/audit", headers=auth(TA))  # admin only
         assert resp.status == 403 and len(sink.audits) == 2
         assert sink.commands == []
 
@@ -186,7 +187,7 @@ def test_viewer_reads_but_cannot_resolve() -> None:
 
 def test_analyst_resolve_publishes_a_command_as_the_token_user() -> None:
     async def scenario(client: Any, sink: FakeSink, _: ReadModel) -> None:
-        resp = await client.post("/api/cases/case-v-10/resolve", headers=auth("ta"),
+        resp = await client.post("/api/cases/case-v-10/resolve", headers=auth(TA),
                                  json={"reason": "customer confirmed 4111 1111 1111 1111",
                                        "resolution": "FALSE_POSITIVE", "expected_version": 1})
         assert resp.status == 202
@@ -199,7 +200,7 @@ def test_analyst_resolve_publishes_a_command_as_the_token_user() -> None:
         assert cmd["requested_at"] == NOW
         make_codec(None).encode("case_command", cmd, topic="t")
         # The actor can never be chosen by the body: sending one is refused, not ignored.
-        resp = await client.post("/api/cases/case-v-10/claim", headers=auth("ta"),
+        resp = await client.post("/api/cases/case-v-10/claim", headers=auth(TA),
                                  json={"reason": "mine", "actor": "mallory"})
         assert resp.status == 400
         assert (await resp.json())["error"]["field"] == "actor"
@@ -211,7 +212,7 @@ def test_analyst_resolve_publishes_a_command_as_the_token_user() -> None:
 def test_whitelist_command_encodes() -> None:
     async def scenario(client: Any, sink: FakeSink, _: ReadModel) -> None:
         until = (NOW + timedelta(days=7)).isoformat()
-        resp = await client.post("/api/whitelist", headers=auth("tadm"),
+        resp = await client.post("/api/whitelist", headers=auth(TADM),
                                  json={"card_token": "tok_alice", "until": until,
                                        "reason": "travelling abroad"})
         assert resp.status == 202
@@ -248,7 +249,7 @@ def test_validation_errors_name_the_field() -> None:
 
     async def scenario(client: Any, sink: FakeSink, _: ReadModel) -> None:
         for method, path, body, field in cases:
-            kwargs: dict[str, Any] = {"headers": auth("ta")}
+            kwargs: dict[str, Any] = {"headers": auth(TA)}
             if isinstance(body, str):
                 kwargs["data"] = body
             elif body is not None:
@@ -264,13 +265,13 @@ def test_validation_errors_name_the_field() -> None:
 
 def test_case_list_filters_and_order() -> None:
     async def scenario(client: Any, sink: FakeSink, _: ReadModel) -> None:
-        rows = await (await client.get("/api/cases", headers=auth("tv"))).json()
+        rows = await (await client.get("/api/cases", headers=auth(TV))).json()
         assert [r["case_id"] for r in rows] == ["case-v-10", "case-v-9"]  # priority 1 first
         assert rows[0]["overdue"] is True and rows[1]["overdue"] is False
         assert rows[0]["age_s"] == 300.0
         for query, expected in [("status=OPEN", ["case-v-9"]), ("assignee=alice", ["case-v-10"]),
                                 ("priority=2", ["case-v-9"]), ("status=RESOLVED", [])]:
-            rows = await (await client.get(f"/api/cases?{query}", headers=auth("tv"))).json()
+            rows = await (await client.get(f"/api/cases?{query}", headers=auth(TV))).json()
             assert [r["case_id"] for r in rows] == expected, query
 
     run(scenario)
@@ -278,7 +279,7 @@ def test_case_list_filters_and_order() -> None:
 
 def test_case_detail_has_verdict_and_customer_history() -> None:
     async def scenario(client: Any, sink: FakeSink, _: ReadModel) -> None:
-        resp = await client.get("/api/cases/case-v-9", headers=auth("tv"))
+        resp = await client.get("/api/cases/case-v-9", headers=auth(TV))
         assert resp.status == 200
         body = await resp.json()
         assert body["case"]["status"] == "OPEN"
@@ -288,7 +289,7 @@ def test_case_detail_has_verdict_and_customer_history() -> None:
         assert "features" not in body["verdict"]
         history = [v["verdict_id"] for v in body["customer_history"]]
         assert history == ["v-9", "v-4", "v-3", "v-2", "v-1", "v-0"]  # newest first, own card
-        resp = await client.get("/api/cases/nope", headers=auth("tv"))
+        resp = await client.get("/api/cases/nope", headers=auth(TV))
         assert resp.status == 404 and (await resp.json())["error"]["code"] == "NOT_FOUND"
 
     run(scenario)
@@ -296,7 +297,7 @@ def test_case_detail_has_verdict_and_customer_history() -> None:
 
 def test_reads_of_the_other_sections() -> None:
     async def scenario(client: Any, sink: FakeSink, _: ReadModel) -> None:
-        async def get(path: str, token: str = "tv") -> Any:
+        async def get(path: str, token: str = TV) -> Any:
             resp = await client.get(path, headers=auth(token))
             assert resp.status == 200, path
             return await resp.json()
@@ -317,14 +318,16 @@ def test_reads_of_the_other_sections() -> None:
         models = await get("/api/models")
         assert models["registry"][0]["version"] == "gbm-1.2.0"
         assert models["in_use"][0]["model_version"] == "gbm-1.2.0"
-        assert await get("/api/audit", "tadm") == []
+        assert await get("/api/audit", TADM) == []
 
     run(scenario)
 
 
 def test_event_stream_delivers_after_apply() -> None:
     async def scenario(client: Any, sink: FakeSink, model: ReadModel) -> None:
-        resp = await client.get("/api/events", params={"token": "tv"})
+        ticket = await client.post("/api/events/ticket", headers=auth(TV))
+        assert ticket.status == 200
+        resp = await client.get("/api/events", params={"ticket": (await ticket.json())["ticket"]})
         assert resp.status == 200
         assert resp.headers["Content-Type"].startswith("text/event-stream")
         assert (await resp.content.readuntil(b"\n\n")).startswith(b"retry:")
@@ -334,9 +337,6 @@ def test_event_stream_delivers_after_apply() -> None:
         event = json.loads(chunk.decode().removeprefix("data: "))
         assert event["type"] == "routing_policy" and event["data"]["issuer_id"] == "issuer-z"
         resp.close()
-        # The query token works on the event stream only.
-        resp = await client.get("/api/cases", params={"token": "tv"})
-        assert resp.status == 401
 
     run(scenario, heartbeat_s=0.2)
 
@@ -372,7 +372,7 @@ def test_slow_subscriber_loses_oldest_events() -> None:
 
 def test_openapi_lists_exactly_the_served_routes() -> None:
     async def scenario(client: Any, sink: FakeSink, _: ReadModel) -> None:
-        resp = await client.get("/openapi.json", headers=auth("tv"))
+        resp = await client.get("/openapi.json", headers=auth(TV))
         doc = await resp.json()
         assert doc["openapi"].startswith("3.1")
         assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
@@ -397,7 +397,7 @@ def test_dashboard_page_is_public_and_has_the_test_ids() -> None:
                        'data-testid="experiments"', 'data-testid="verdicts"',
                        'data-testid="cases"', '"claim-"', '"resolve-"',
                        'id="resolve-resolution"', 'id="resolve-reason"', 'id="resolve-submit"',
-                       'id="error"', "/api/events?token="]:
+                       'id="error"', "/api/events/ticket", "/api/events?ticket="]:
             assert needle in page, needle
         assert "http://" not in page and "https://" not in page  # offline: nothing external
         assert sink.audits == []
@@ -407,29 +407,16 @@ def test_dashboard_page_is_public_and_has_the_test_ids() -> None:
 
 def test_unknown_route_is_a_json_error() -> None:
     async def scenario(client: Any, sink: FakeSink, _: ReadModel) -> None:
-        resp = await client.get("/api/nothing", headers=auth("tv"))
+        resp = await client.get("/api/nothing", headers=auth(TV))
         assert resp.status == 404 and (await resp.json())["error"]["code"] == "NOT_FOUND"
 
     run(scenario)
 
 
-def test_auth_configuration_is_checked(tmp_path: Any) -> None:
-    path = tmp_path / "tokens.json"
-    path.write_text(json.dumps(TOKENS))
-    assert Auth.from_file(path).identify("ta") is not None
-    assert Auth.from_file(path).identify("zz") is None
-    for bad in ({"t": {"user": "x", "role": "root"}}, {"t": {"role": "viewer"}}):
-        try:
-            Auth.from_mapping(bad)
-        except ValueError:
-            continue
-        raise AssertionError(f"accepted {bad}")
-
-
 def test_dispute_of_a_decline_carries_the_verdict_to_the_case_worker() -> None:
     async def scenario(client: Any, sink: FakeSink, model: ReadModel) -> None:
         model.apply("verdict", verdict(20, "tok_carol", "DECLINE"))
-        resp = await client.post("/api/disputes", headers=auth("ta"),
+        resp = await client.post("/api/disputes", headers=auth(TA),
                                  json={"transaction_id": "tx-20", "reason": "I bought this"})
         assert resp.status == 202
         (cmd,) = sink.commands
@@ -439,14 +426,14 @@ def test_dispute_of_a_decline_carries_the_verdict_to_the_case_worker() -> None:
         carried = codec.decode(cmd["verdict"], topic="t", expect="verdict").record
         assert carried["verdict_id"] == "v-20" and carried["decision"] == "DECLINE"
         codec.encode("case_command", cmd, topic="t")
-        approved = await client.post("/api/disputes", headers=auth("ta"),
+        approved = await client.post("/api/disputes", headers=auth(TA),
                                      json={"transaction_id": "tx-1", "reason": "why?"})
         assert approved.status == 400
         assert (await approved.json())["error"]["field"] == "transaction_id"
-        unknown = await client.post("/api/disputes", headers=auth("ta"),
+        unknown = await client.post("/api/disputes", headers=auth(TA),
                                     json={"transaction_id": "tx-404", "reason": "why?"})
         assert unknown.status == 404
-        viewer = await client.post("/api/disputes", headers=auth("tv"),
+        viewer = await client.post("/api/disputes", headers=auth(TV),
                                    json={"transaction_id": "tx-20", "reason": "mine"})
         assert viewer.status == 403 and len(sink.commands) == 1
 

@@ -40,7 +40,7 @@ ANALYST = "ana-analyst"
 def wait_for(settings: Settings, topic: str, codec: Codec, found: Callable[[dict[str, Any]], bool],
              timeout_s: float = WAIT_S) -> dict[str, Any]:
     """The first record on ``topic`` (read from its beginning) that ``found`` accepts."""
-    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers,
+    consumer = Consumer({**settings.kafka_config(),
                          "group.id": f"test-wait-{uuid.uuid4().hex}",
                          "enable.auto.commit": False, "auto.offset.reset": "earliest"})
     meta = consumer.list_topics(topic, timeout=10).topics[topic]

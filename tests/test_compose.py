@@ -400,6 +400,21 @@ def test_prometheus_mounts_its_config(services: dict[str, dict[str, Any]]) -> No
     assert mounts.get("/etc/prometheus/prometheus.yml") == PROMETHEUS.resolve()
 
 
+def test_prometheus_mounts_the_rule_files_its_config_loads(
+        services: dict[str, dict[str, Any]]) -> None:
+    """Each rule_files entry, resolved as Prometheus does (relative to the config's directory),
+    is the same file in the container as beside the config in the repo."""
+    import posixpath
+
+    mounts = _bind_mounts(services["prometheus"])
+    rule_files = _load_yaml(PROMETHEUS).get("rule_files") or []
+    assert rule_files, "prometheus.yml loads no alerting rules"
+    for entry in rule_files:
+        in_container = posixpath.normpath(posixpath.join("/etc/prometheus", entry))
+        assert mounts.get(in_container) == (PROMETHEUS.parent / entry).resolve(), entry
+        assert (PROMETHEUS.parent / entry).is_file(), entry
+
+
 def test_grafana_mounts_provisioning_and_dashboards(services: dict[str, dict[str, Any]]) -> None:
     mounts = _bind_mounts(services["grafana"])
     provisioning = mounts.get("/etc/grafana/provisioning")

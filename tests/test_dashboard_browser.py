@@ -18,7 +18,7 @@ import pytest
 from agents.routing.baseline import write_baseline
 from schemas.codec import make_codec
 from streams.admin import ensure_topics, free_port
-from streams.api.server import ensure_tokens
+from streams.api.server import ROLE_USERS, issue_token
 from streams.config import Settings
 from streams.launcher import start_api, stop_process
 from streams.topics import Topic
@@ -47,7 +47,7 @@ def stack(make_settings: Callable[..., Settings],
     write_baseline(settings.routing_baseline, BASELINE)
     worker = WorkerProcess(settings, tmp_path / "worker.log").start()
     api, url = start_api(settings, free_port())
-    tokens = {who["user"]: token for token, who in ensure_tokens(settings).items()}
+    tokens = {user: issue_token(settings, role) for role, user in ROLE_USERS.items()}
     try:
         yield settings, url, tokens
     finally:

@@ -327,8 +327,9 @@ def test_the_rules_this_replay_reads_the_dockerfile_by() -> None:
     assert _ignored(".venv/bin/python", [".venv"])
     assert _ignored("streams/__pycache__/x.pyc", ["**/__pycache__"])
     assert not _ignored("streams/cli.py", [".venv", "**/__pycache__", "*.egg-info"])
-    assert command_imports("worker") == ["logging", "streams.admin", "streams.bench.passthrough",
-                                         "streams.broker", "streams.cli", "streams.worker.app"]
+    assert command_imports("worker") == ["dataclasses", "logging", "streams.admin",
+                                         "streams.bench.passthrough", "streams.cli",
+                                         "streams.launcher", "streams.worker.app"]
 
 
 @pytest.mark.parametrize(("service", "command"), sorted(project_services().items()))

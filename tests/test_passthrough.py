@@ -23,7 +23,7 @@ N = 2_000
 
 
 def _committed(settings: Settings, topic: str) -> dict[int, int]:
-    consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers,
+    consumer = Consumer({**settings.kafka_config(),
                          "group.id": settings.app_id, "enable.auto.commit": False})
     try:
         parts = [TopicPartition(topic, p) for p in end_offsets(settings, topic)]

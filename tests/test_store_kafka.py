@@ -26,7 +26,7 @@ from confluent_kafka import Producer
 
 from schemas.codec import make_codec
 from streams.admin import ensure_topics, free_port
-from streams.api.server import FEEDS, ensure_tokens
+from streams.api.server import FEEDS, issue_token
 from streams.config import Settings
 from streams.launcher import start_api, stop_process
 from streams.topics import Topic
@@ -52,7 +52,7 @@ def verdict(tx: str, decision: str) -> dict[str, Any]:
 def produce_verdicts(settings: Settings, partition: int, records: list[dict[str, Any]]) -> None:
     """Verdicts onto one partition of the decision topic, in order."""
     codec, topic = make_codec(None), name(settings, Topic.DECISIONS)
-    producer = Producer({"bootstrap.servers": settings.bootstrap_servers, "linger.ms": 5})
+    producer = Producer({**settings.kafka_config(), "linger.ms": 5})
     for rec in records:
         producer.produce(topic, key=rec["transaction_id"].encode(), partition=partition,
                          value=codec.encode("verdict", rec, topic=topic))
@@ -86,8 +86,7 @@ def wait_for(what: str, probe: Callable[[], Reply], ok: Callable[[Reply], bool])
 def _api(settings: Settings) -> tuple[subprocess.Popen[bytes], str, str, str]:
     """`rakshit api` started, with its base URL and a viewer's and an analyst's token."""
     api, base = start_api(settings, free_port())
-    token = {who["role"]: tok for tok, who in ensure_tokens(settings).items()}
-    return api, base, token["viewer"], token["analyst"]
+    return api, base, issue_token(settings, "viewer"), issue_token(settings, "analyst")
 
 
 def test_a_decline_older_than_the_window_is_looked_up_and_disputed(

@@ -8,6 +8,15 @@ the broker's data, logs and pid live there too (git-ignored).
 Start is idempotent (a broker already answering is reused) and returns only when the broker answers
 a metadata request; a port being open is not enough. Stop sends SIGTERM, waits for a clean
 shutdown and only then kills.
+
+With auth="scram" the broker refuses anyone who does not log in: clients use SASL/SCRAM-SHA-512
+on the loopback listener, and the StandardAuthorizer allows only what an ACL grants (the ACLs
+themselves are streams.admin's, made from the topic list). One password per principal is
+generated at the first start into `credentials_dir/<user>.password` (directory 0700, files 0600)
+and never printed. The broker's own principal ("broker") logs in with SASL/PLAIN, whose password
+lives only in that file and in the 0600 server.properties; through it the launcher creates the
+SCRAM users after start, so no password is ever on a command line (`kafka-storage format
+--add-scram` would put them there, readable by every local user through ps).
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -24,7 +34,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import (  # type: ignore[attr-defined]
+    AdminClient,
+    ScramCredentialInfo,
+    ScramMechanism,
+    UserScramCredentialAlteration,
+    UserScramCredentialUpsertion,
+)
 
 POM = Path(__file__).resolve().parent / "pom.xml"
 
@@ -49,6 +65,54 @@ auto.create.topics.enable=true
 log.segment.bytes=67108864
 log.retention.check.interval.ms=60000
 """
+
+# The same broker with authentication on. The client listener takes SCRAM from the principals the
+# launcher creates and PLAIN from the broker's own principal only (its JAAS line lists just that
+# user); the controller listener takes PLAIN from the broker only. Both stay on 127.0.0.1.
+SECURED_SERVER_PROPERTIES = """\
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@127.0.0.1:{controller_port}
+listeners=CLIENT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}
+advertised.listeners=CLIENT://127.0.0.1:{port}
+inter.broker.listener.name=CLIENT
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=CONTROLLER:SASL_PLAINTEXT,CLIENT:SASL_PLAINTEXT
+sasl.enabled.mechanisms=SCRAM-SHA-512,PLAIN
+listener.name.client.sasl.enabled.mechanisms=SCRAM-SHA-512,PLAIN
+listener.name.client.scram-sha-512.sasl.jaas.config=\
+org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.client.plain.sasl.jaas.config={plain_jaas}
+sasl.mechanism.inter.broker.protocol=PLAIN
+listener.name.controller.sasl.enabled.mechanisms=PLAIN
+listener.name.controller.plain.sasl.jaas.config={plain_jaas}
+sasl.mechanism.controller.protocol=PLAIN
+authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
+super.users=User:{broker_user};User:{admin_user}
+allow.everyone.if.no.acl.found=false
+log.dirs={data_dir}
+num.partitions=1
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=1
+group.initial.rebalance.delay.ms=0
+auto.create.topics.enable=false
+log.segment.bytes=67108864
+log.retention.check.interval.ms=60000
+"""
+
+PLAIN_JAAS = ('org.apache.kafka.common.security.plain.PlainLoginModule required '
+              'username="{user}" password="{password}" user_{user}="{password}";')
+
+# Principals: the broker itself and the operator (super users), and one per service, each held to
+# its ACLs (streams.admin.ACLS).
+BROKER_USER = "broker"
+ADMIN_USER = "admin"
+PRINCIPALS = (BROKER_USER, ADMIN_USER, "worker", "api", "gateway")
+SCRAM_MECHANISM = "SCRAM-SHA-512"
+SCRAM_ITERATIONS = 8192
 
 LOG4J2 = """\
 status = warn
@@ -85,10 +149,13 @@ class BrokerStatus:
         return f"kafka {self.version} at {self.bootstrap}: {state} ({pid}, home {self.home})"
 
 
-def answers(bootstrap: str, timeout_s: float = 2.0) -> bool:
-    """True when the cluster answers a metadata request with at least one broker."""
-    config: dict[str, Any] = {"bootstrap.servers": bootstrap, "socket.timeout.ms": 2000,
-                              "log_level": 0, "logger": _SilentLogger()}
+def answers(bootstrap: str, timeout_s: float = 2.0,
+            client_config: dict[str, Any] | None = None) -> bool:
+    """True when the cluster answers a metadata request with at least one broker
+    (client_config: the login to ask with, when the broker wants one)."""
+    config: dict[str, Any] = {**(client_config or {}), "bootstrap.servers": bootstrap,
+                              "socket.timeout.ms": 2000, "log_level": 0,
+                              "logger": _SilentLogger()}
     admin = AdminClient(config)
     try:
         meta = admin.list_topics(timeout=timeout_s)
@@ -107,11 +174,40 @@ class _SilentLogger:
         return lambda *a, **k: None
 
 
+def write_secret(path: Path, value: str) -> None:
+    """Write a file only its owner can read (0600 from its creation, never wider)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(value)
+    os.replace(tmp, path)
+
+
+def ensure_credentials(directory: Path, users: tuple[str, ...] = PRINCIPALS) -> dict[str, Path]:
+    """One random password per principal, generated once: user -> its 0600 file."""
+    directory.mkdir(parents=True, exist_ok=True)
+    directory.chmod(0o700)
+    files = {}
+    for user in users:
+        path = directory / f"{user}.password"
+        if not path.exists():
+            write_secret(path, secrets.token_urlsafe(32) + "\n")
+        path.chmod(0o600)
+        files[user] = path
+    return files
+
+
 class EmbeddedBroker:
     """One KRaft broker+controller process, managed through files in `home`."""
 
     def __init__(self, home: Path, version: str, port: int = 9092, controller_port: int = 9093,
-                 heap: str = "1G") -> None:
+                 heap: str = "1G", auth: str = "none", credentials_dir: Path | None = None) -> None:
+        if auth not in ("none", "scram"):
+            raise ValueError(f"auth must be none or scram, not {auth!r}")
+        self.auth = auth
+        self.credentials_dir = credentials_dir or home / "kafka-credentials"
         self.home = home
         self.version = version
         self.port = port
@@ -126,6 +222,27 @@ class EmbeddedBroker:
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def secured(self) -> bool:
+        return self.auth == "scram"
+
+    def _password(self, user: str) -> str:
+        return (self.credentials_dir / f"{user}.password").read_text().strip()
+
+    def client_config(self, user: str = ADMIN_USER) -> dict[str, Any]:
+        """librdkafka settings to reach this broker as `user` (nothing to add without auth).
+        The broker's own principal logs in with PLAIN; everyone else with SCRAM."""
+        if not self.secured:
+            return {}
+        return {"security.protocol": "SASL_PLAINTEXT",
+                "sasl.mechanism": "PLAIN" if user == BROKER_USER else SCRAM_MECHANISM,
+                "sasl.username": user, "sasl.password": self._password(user)}
+
+    def _answers(self, timeout_s: float, user: str = BROKER_USER) -> bool:
+        if self.secured and not (self.credentials_dir / f"{user}.password").exists():
+            return False
+        return answers(self.bootstrap, timeout_s, self.client_config(user))
 
     # -- jars --------------------------------------------------------------------------------
 
@@ -176,15 +293,23 @@ class EmbeddedBroker:
 
     def status(self) -> BrokerStatus:
         pid = self._pid()
-        return BrokerStatus(self.bootstrap, pid, self._alive(pid), answers(self.bootstrap, 1.0),
+        return BrokerStatus(self.bootstrap, pid, self._alive(pid), self._answers(1.0),
                             self.version, self.home)
 
     def _configure(self) -> Path:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         props = self.run_dir / "server.properties"
-        props.write_text(SERVER_PROPERTIES.format(port=self.port,
-                                                  controller_port=self.controller_port,
-                                                  data_dir=self.data_dir))
+        if self.secured:
+            ensure_credentials(self.credentials_dir)
+            jaas = PLAIN_JAAS.format(user=BROKER_USER, password=self._password(BROKER_USER))
+            # The broker's password is in here: 0600 like the credential files.
+            write_secret(props, SECURED_SERVER_PROPERTIES.format(
+                port=self.port, controller_port=self.controller_port, data_dir=self.data_dir,
+                plain_jaas=jaas, broker_user=BROKER_USER, admin_user=ADMIN_USER))
+        else:
+            props.write_text(SERVER_PROPERTIES.format(port=self.port,
+                                                      controller_port=self.controller_port,
+                                                      data_dir=self.data_dir))
         (self.run_dir / "log4j2.properties").write_text(LOG4J2.format(log_file=self.log_file))
         cluster_file = self.run_dir / "cluster-id"
         if not cluster_file.exists():
@@ -198,7 +323,8 @@ class EmbeddedBroker:
                 "-cp", f"{self.lib_dir}/*", main, *args]
 
     def start(self, timeout_s: float = 90.0) -> BrokerStatus:
-        if answers(self.bootstrap, 1.0):
+        if self._answers(1.0):
+            self._ensure_users()
             return self.status()
         pid = self._pid()
         if self._alive(pid):
@@ -225,13 +351,35 @@ class EmbeddedBroker:
     def _wait_ready(self, pid: int | None, timeout_s: float) -> BrokerStatus:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if answers(self.bootstrap, 1.0):
+            if self._answers(1.0):
+                self._ensure_users(deadline)
                 return self.status()
             if not self._alive(pid):
                 raise BrokerError(f"broker exited during start-up; see {self.log_file} and "
                                   f"{self.run_dir / 'broker.out'}")
             time.sleep(0.3)
         raise BrokerError(f"broker did not answer within {timeout_s:.0f}s; see {self.log_file}")
+
+    def _ensure_users(self, deadline: float | None = None) -> None:
+        """Create (or re-key, after a password file was replaced) every service principal's SCRAM
+        credential, as the broker's own principal; return once the admin can log in with it."""
+        if not self.secured:
+            return
+        files = ensure_credentials(self.credentials_dir)
+        admin = AdminClient({**self.client_config(BROKER_USER),
+                             "bootstrap.servers": self.bootstrap})
+        info = ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, SCRAM_ITERATIONS)
+        upserts: list[UserScramCredentialAlteration] = [
+            UserScramCredentialUpsertion(user, info, self._password(user).encode())
+            for user in files if user != BROKER_USER]
+        for future in admin.alter_user_scram_credentials(upserts).values():
+            future.result()
+        deadline = deadline or time.monotonic() + 30.0
+        while not self._answers(1.0, ADMIN_USER):
+            if time.monotonic() > deadline:
+                raise BrokerError("the admin principal's SCRAM login is not accepted; see "
+                                  f"{self.log_file}")
+            time.sleep(0.2)
 
     def stop(self, timeout_s: float = 30.0) -> bool:
         """Stop cleanly; returns False when nothing was running."""

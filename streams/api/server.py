@@ -12,11 +12,12 @@ it committed.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import secrets
+import socket
 import threading
 from collections.abc import Mapping
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from schemas.codec import make_codec
 from streams.admin import end_offsets
 from streams.api.lookup import Lookups
 from streams.api.readmodel import ReadModel
-from streams.api.routes import Auth, create_api
+from streams.api.routes import Auth, TokenStore, create_api
 from streams.api.store_feed import StoreFeed
 from streams.config import Settings
 from streams.store import open_store
@@ -51,21 +52,25 @@ FEEDS: dict[Topic, int | None] = {
 
 
 def tokens_path(settings: Settings) -> Path:
+    """The token store: hashed tokens only (its pepper beside it, in api-tokens.json.pepper)."""
     return settings.home / "api-tokens.json"
 
 
-def ensure_tokens(settings: Settings) -> dict[str, dict[str, str]]:
-    """The token file (token -> user and role); made with one token per role if missing."""
-    path = tokens_path(settings)
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tokens = {secrets.token_urlsafe(18): {"user": user, "role": role}
-                  for user, role in (("vera-viewer", "viewer"), ("ana-analyst", "analyst"),
-                                     ("alex-analyst", "analyst"), ("ada-admin", "admin"))}
-        path.write_text(json.dumps(tokens, indent=1))
-        path.chmod(0o600)
-    loaded: dict[str, dict[str, str]] = json.loads(path.read_text())
-    return loaded
+# Who a token issued for a role alone belongs to (the demo's and the tests' people).
+ROLE_USERS = {"viewer": "vera-viewer", "analyst": "ana-analyst", "admin": "ada-admin"}
+SHORT_TTL = timedelta(days=1)
+
+
+def token_store(settings: Settings, path: Path | None = None) -> TokenStore:
+    return TokenStore(path or tokens_path(settings))
+
+
+def issue_token(settings: Settings, role: str, user: str | None = None,
+                ttl: timedelta = SHORT_TTL, path: Path | None = None) -> str:
+    """A fresh token for ``role`` (for ``user``, else the role's person in ROLE_USERS), valid for
+    ``ttl``: the one helper tests and the demo use. Only its hash is stored; a running API
+    accepts it at once (it reads the store again when the file changes)."""
+    return token_store(settings, path).issue(user or ROLE_USERS[role], role, ttl)
 
 
 class KafkaSink:
@@ -74,7 +79,7 @@ class KafkaSink:
 
     def __init__(self, settings: Settings) -> None:
         self.codec = make_codec(settings.schema_registry_url)
-        self.producer = Producer({"bootstrap.servers": settings.bootstrap_servers,
+        self.producer = Producer({**settings.kafka_config(),
                                   "enable.idempotence": True, "linger.ms": 0})
         self.commands = topic_name(Topic.CASE_COMMANDS, settings.topic_prefix)
         self.audits = topic_name(Topic.AUDIT, settings.topic_prefix)
@@ -115,7 +120,7 @@ class KafkaFeed(threading.Thread):
         return parts
 
     def run(self) -> None:
-        consumer = Consumer({"bootstrap.servers": self.settings.bootstrap_servers,
+        consumer = Consumer({**self.settings.kafka_config(),
                              "group.id": f"rakshit-api-{secrets.token_hex(4)}",
                              "enable.auto.commit": False, "isolation.level": "read_committed",
                              # A dashboard a tenth of a second behind is live; a fetch per
@@ -144,8 +149,32 @@ class KafkaFeed(threading.Thread):
             consumer.close()
 
 
+def listen(host: str, port: int) -> socket.socket:
+    """The API's listening socket, bound before anything else starts, so a port another process
+    holds ends `rakshit api` at once with one line (streams.launcher.StartupFailed)."""
+    from streams.launcher import StartupFailed
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise StartupFailed(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    try:
+        # As aiohttp does: a port left in TIME_WAIT is reusable, one listened on is not.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(128)
+    except OSError as exc:
+        sock.close()
+        raise StartupFailed(f"cannot listen on {host}:{port}: {exc.strerror or exc} (--port "
+                            "picks another)") from exc
+    sock.setblocking(False)
+    return sock
+
+
 async def serve(settings: Settings, host: str, port: int, auth: Auth,
-                ready: threading.Event | None = None) -> None:
+                ready: threading.Event | None = None, sock: socket.socket | None = None) -> None:
     from scoring.drift import Baseline
     from scoring.lifecycle import describe
     from scoring.registry import drift_baselines
@@ -180,7 +209,8 @@ async def serve(settings: Settings, host: str, port: int, auth: Auth,
     lookups = Lookups(model, store, store_feed)
     runner = web.AppRunner(create_api(model, KafkaSink(settings), auth, lookups=lookups))
     await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    site = web.SockSite(runner, sock) if sock is not None else web.TCPSite(runner, host, port)
+    await site.start()
     log.info("API and dashboard on http://%s:%d/", host, port)
     if ready is not None:
         ready.set()
@@ -194,8 +224,9 @@ async def serve(settings: Settings, host: str, port: int, auth: Auth,
         store.close()
 
 
-def run_api(settings: Settings, host: str, port: int, tokens: Path | None) -> None:
-    auth = Auth.from_file(tokens) if tokens else Auth.from_mapping(ensure_tokens(settings))
+def run_api(settings: Settings, host: str, port: int, tokens: Path | None,
+            sock: socket.socket | None = None) -> None:
+    auth = Auth(token_store(settings, tokens))
     print(f"API and dashboard: http://{host}:{port}/  (tokens: "
           f"{tokens or tokens_path(settings)})", flush=True)
-    asyncio.run(serve(settings, host, port, auth))
+    asyncio.run(serve(settings, host, port, auth, sock=sock))

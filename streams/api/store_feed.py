@@ -80,7 +80,7 @@ class StoreFeed(threading.Thread):
     # -- the loop -----------------------------------------------------------------------------
 
     def run(self) -> None:
-        consumer = Consumer({"bootstrap.servers": self.settings.bootstrap_servers,
+        consumer = Consumer({**self.settings.kafka_config(),
                              "group.id": f"rakshit-api-store-{secrets.token_hex(4)}",
                              "enable.auto.commit": False, "isolation.level": "read_committed",
                              "auto.offset.reset": "earliest",

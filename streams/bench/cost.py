@@ -23,7 +23,7 @@ from typing import Any
 from streams.admin import delete_run_topics, ensure_topics, free_port
 from streams.bench.pipeline import RunFailed, backlog_decided, benchmark_records
 from streams.config import Settings
-from streams.launcher import start_worker, stop_process, wait_until_ready
+from streams.launcher import ChildExited, start_worker, stop_process, wait_until_ready
 
 VCPU_HOUR_USD = 0.04048
 GB_HOUR_USD = 0.004445
@@ -68,6 +68,8 @@ def measured_run(base: Settings, records: list[tuple[bytes, bytes]], tag: str
     try:
         try:
             wait_until_ready(settings, proc)
+        except ChildExited:
+            raise  # a dead worker ends the benchmark (streams.launcher)
         except RuntimeError as exc:
             raise RunFailed(f"{exc} (log: {log})") from exc
         ready = process_usage(proc.pid)

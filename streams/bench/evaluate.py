@@ -47,7 +47,7 @@ from scoring.train import (
 )
 from streams.admin import delete_run_topics, end_offsets, ensure_topics, free_port
 from streams.config import Settings
-from streams.launcher import start_worker, stop_process, wait_until_ready
+from streams.launcher import check_alive, start_worker, stop_process, wait_until_ready
 from streams.simulator.producer import SimulationReport, replay_handbook
 from streams.topics import Topic, topic_name
 
@@ -165,7 +165,7 @@ class FeatureCollector(threading.Thread):
 
     def run(self) -> None:
         codec = make_codec(self.settings.schema_registry_url)
-        consumer = Consumer({"bootstrap.servers": self.settings.bootstrap_servers,
+        consumer = Consumer({**self.settings.kafka_config(),
                              "group.id": f"rakshit-evaluate-{time.time_ns()}",
                              "enable.auto.commit": False, "isolation.level": "read_committed"})
         start = end_offsets(self.settings, self.topic)
@@ -211,8 +211,7 @@ def replay_and_collect(settings: Settings, data_dir: Path, start: date, end: dat
         def backpressure(progress: SimulationReport) -> None:
             waited = time.monotonic()
             while progress.transactions - len(collector.features) > MAX_IN_FLIGHT:
-                if worker.poll() is not None:
-                    raise RuntimeError(f"worker exited with {worker.returncode}; see {worker_log}")
+                check_alive(worker)
                 if time.monotonic() - waited > STALL_S:
                     raise RuntimeError(f"worker made no room for {STALL_S:.0f}s; see {worker_log}")
                 time.sleep(0.5)
@@ -225,14 +224,15 @@ def replay_and_collect(settings: Settings, data_dir: Path, start: date, end: dat
             f"in {time.monotonic() - t0:.0f}s; waiting for their verdicts")
         last, last_change = -1, time.monotonic()
         while len(collector.features) < report.transactions:
-            if worker.poll() is not None:
-                raise RuntimeError(f"worker exited with {worker.returncode}; see {worker_log}")
+            check_alive(worker)
             if len(collector.features) != last:
                 last, last_change = len(collector.features), time.monotonic()
                 log(f"  {last}/{report.transactions} verdicts ({time.monotonic() - t0:.0f}s)")
             elif time.monotonic() - last_change > 120:
                 raise RuntimeError(f"no verdict for 120 s at {last}; see {worker_log}")
-            time.sleep(5)
+            for _ in range(10):  # a dead worker is noticed within half a second
+                time.sleep(0.5)
+                check_alive(worker)
         elapsed = time.monotonic() - t0
     finally:
         collector.stop_event.set()

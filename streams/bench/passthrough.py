@@ -53,7 +53,7 @@ class RawPassthrough:
         self.failures: list[str] = []
         self.stopping = False
         self.producer = Producer({
-            "bootstrap.servers": settings.bootstrap_servers,
+            **settings.kafka_config(),
             "acks": "all",
             "enable.idempotence": True,
             "linger.ms": 5,
@@ -65,7 +65,7 @@ class RawPassthrough:
             "on_delivery": self._delivered,
         })
         self.consumer = Consumer({
-            "bootstrap.servers": settings.bootstrap_servers,
+            **settings.kafka_config(),
             "group.id": settings.app_id,
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",

@@ -14,8 +14,9 @@ figures are medians over rounds with their ratios. The modes:
   confluent-kafka alone with the same guarantee, the ceiling Kafka and librdkafka set on this
   machine that any work in the worker eats into.
 
-The passthroughs run as one process whatever ``--workers`` says. A run that fails (a process
-exits, or the decisions stop growing for ``STALL_S``) is reported and left out of the medians.
+The passthroughs run as one process whatever ``--workers`` says. A run whose decisions stop
+growing for ``STALL_S`` is reported and left out of the medians; a process that dies ends the
+benchmark within a second with one line naming it (streams.launcher.ChildExited).
 """
 
 from __future__ import annotations
@@ -34,7 +35,13 @@ from schemas.clock import to_millis
 from schemas.codec import make_codec
 from streams.admin import delete_run_topics, ensure_topics, free_port
 from streams.config import Settings
-from streams.launcher import start_worker, stop_process, wait_until_ready
+from streams.launcher import (
+    ChildExited,
+    check_alive,
+    start_worker,
+    stop_process,
+    wait_until_ready,
+)
 from streams.simulator.population import build_population
 from streams.simulator.scenarios import get_scenario
 from streams.simulator.traffic import EventClock, TrafficGenerator
@@ -90,7 +97,7 @@ class _EndOffsets:
     built per check, as streams.admin.end_offsets does, would cost the machine more)."""
 
     def __init__(self, settings: Settings, topic: str) -> None:
-        self.consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers,
+        self.consumer = Consumer({**settings.kafka_config(),
                                   "group.id": "rakshit-bench-offsets",
                                   "enable.auto.commit": False})
         meta = self.consumer.list_topics(topic, timeout=10)
@@ -107,12 +114,10 @@ class _EndOffsets:
 def _wait_for_members(settings: Settings, count: int, procs: Sequence[subprocess.Popen[bytes]],
                       group: str, timeout_s: float = 120.0) -> None:
     """The group is stable with at least ``count`` members, each holding partitions."""
-    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    admin = AdminClient({**settings.kafka_config()})
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        for proc in procs:
-            if proc.poll() is not None:
-                raise RunFailed(f"a worker exited with {proc.returncode} during start-up")
+        check_alive(*procs)
         try:
             desc = admin.describe_consumer_groups([group])[group].result(timeout=5)
             holding = sum(1 for m in desc.members if m.assignment.topic_partitions)
@@ -149,6 +154,8 @@ def _one_run(base: Settings, records: list[tuple[bytes, bytes]], mode: str, tag:
                 _wait_for_members(settings, count, procs, f"{settings.app_id}-fraud")
                 for member, proc in zip(members, procs, strict=True):
                     wait_until_ready(member, proc)
+        except ChildExited:
+            raise  # a dead process ends the benchmark, not just this run
         except RuntimeError as exc:
             raise RunFailed(f"{exc} (logs: {', '.join(logs)})") from exc
         return len(records) / backlog_decided(settings, records, procs, logs)
@@ -161,23 +168,23 @@ def _one_run(base: Settings, records: list[tuple[bytes, bytes]], mode: str, tag:
 def backlog_decided(settings: Settings, records: list[tuple[bytes, bytes]],
                     procs: Sequence[subprocess.Popen[bytes]], logs: Sequence[str]) -> float:
     """Produce ``records`` as a backlog and wait until the decision topic holds as many; the
-    seconds from the first send to the last decision. RunFailed when a process dies or the
-    decisions stall."""
+    seconds from the first send to the last decision. ChildExited when a process dies,
+    RunFailed when the decisions stall."""
     topic = topic_name(Topic.TRANSACTIONS, settings.topic_prefix)
     decisions = _EndOffsets(settings, topic_name(Topic.DECISIONS, settings.topic_prefix))
     try:
-        producer = Producer({"bootstrap.servers": settings.bootstrap_servers, "linger.ms": 5,
+        producer = Producer({**settings.kafka_config(), "linger.ms": 5,
                              "queue.buffering.max.messages": 1_000_000})
         started = time.monotonic()
-        for key, value in records:
+        for i, (key, value) in enumerate(records):
             producer.produce(topic, key=key, value=value)
+            if i % 10_000 == 0:
+                check_alive(*procs)
         if producer.flush(60):
             raise RunFailed("the benchmark's own producer could not deliver the records")
         seen, progressed = 0, time.monotonic()
         while seen < len(records):
-            for proc, log in zip(procs, logs, strict=True):
-                if proc.poll() is not None:
-                    raise RunFailed(f"a process exited with {proc.returncode} ({log})")
+            check_alive(*procs)
             now_seen = decisions.total()
             if now_seen > seen:
                 seen, progressed = now_seen, time.monotonic()

@@ -72,7 +72,7 @@ def bench_state(settings: Settings, cards: int = 1_000_000, card_history: int = 
                     topic, num_partitions=1, replication_factor=1,
                     config={"cleanup.policy": "compact"})]).values():
                 future.result()
-            producer = Producer({"bootstrap.servers": run.bootstrap_servers, "linger.ms": 20,
+            producer = Producer({**run.kafka_config(), "linger.ms": 20,
                                  "acks": "all", "queue.buffering.max.messages": 1_000_000,
                                  "compression.type": "lz4"})
             # Distinct states are built for a sample and cycled: building a million card
@@ -96,7 +96,7 @@ def bench_state(settings: Settings, cards: int = 1_000_000, card_history: int = 
             memory = tracemalloc.get_traced_memory()[0] / len(held)
             tracemalloc.stop()
             del held
-            table, read, seconds = recover({"bootstrap.servers": run.bootstrap_servers},
+            table, read, seconds = recover({**run.kafka_config()},
                                            topic, 0)
             assert len(table) == count, f"recovered {len(table)} of {count} {kind} states"
             result[kind] = {

@@ -23,10 +23,16 @@ from confluent_kafka import Consumer, TopicPartition
 from agents.routing.baseline import write_baseline
 from schemas.codec import make_codec
 from streams.admin import delete_run_topics, end_offsets, ensure_topics, free_port
-from streams.api.server import ensure_tokens, tokens_path
+from streams.api.server import ROLE_USERS, issue_token, tokens_path
 from streams.broker import embedded_broker, ensure_broker
 from streams.config import Settings
-from streams.launcher import start_api, start_worker, stop_process, wait_until_ready
+from streams.launcher import (
+    check_alive,
+    start_api,
+    start_worker,
+    stop_process,
+    wait_until_ready,
+)
 from streams.simulator.population import build_population
 from streams.simulator.scenarios import get_scenario
 from streams.topics import Topic, topic_name
@@ -70,7 +76,7 @@ def read_routing(settings: Settings, start: dict[str, dict[int, int]]) -> dict[s
                           (Topic.ROUTING_POLICY, "routing_policy")):
         name = topic_name(topic, settings.topic_prefix)
         end = end_offsets(settings, name)
-        consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers,
+        consumer = Consumer({**settings.kafka_config(),
                              "group.id": f"demo-read-{os.getpid()}", "enable.auto.commit": False,
                              "isolation.level": "read_committed"})
         consumer.assign([TopicPartition(name, p, start[name].get(p, 0)) for p in end])
@@ -133,7 +139,7 @@ class VerdictCollector(threading.Thread):
 
     def run(self) -> None:
         codec = make_codec(self.settings.schema_registry_url)
-        consumer = Consumer({"bootstrap.servers": self.settings.bootstrap_servers,
+        consumer = Consumer({**self.settings.kafka_config(),
                              "group.id": f"rakshit-demo-{time.time_ns()}",
                              "enable.auto.commit": False, "isolation.level": "read_committed",
                              # Answered at the first byte: nothing added to a latency measured
@@ -232,7 +238,7 @@ def inject_bad_records(settings: Settings, count: int, seed: int) -> Counter[str
                                  get_scenario("normal"), seed, EventClock.for_run(1.0))
     template = generator.generate().transaction
     topic = topic_name(Topic.TRANSACTIONS, settings.topic_prefix)
-    producer = Producer({"bootstrap.servers": settings.bootstrap_servers})
+    producer = Producer({**settings.kafka_config()})
     kinds: Counter[str] = Counter()
     for reason, data in bad_records(template, make_codec(settings.schema_registry_url), topic,
                                     count, seed):
@@ -280,36 +286,47 @@ def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
     print(f"broker: {settings.bootstrap_servers}; scenario {options.scenario}, seed {seed}; "
           f"topics {tag}.*", flush=True)
     ensure_champion(settings, options)
-    started_broker = ensure_broker(settings)
-    ensure_topics(settings)
-    decisions = topic_name(Topic.DECISIONS, settings.topic_prefix)
-    dead_letters = topic_name(Topic.DEAD_LETTERS, settings.topic_prefix)
-    dlq_before = sum(end_offsets(settings, dead_letters).values())
-    routing_start = {topic_name(t, settings.topic_prefix): end_offsets(
-        settings, topic_name(t, settings.topic_prefix))
-        for t in (Topic.HYPOTHESES, Topic.EXPERIMENTS, Topic.ROUTING_POLICY)}
-    population = build_population(seed, customers=demo_customers(options.rate))
-    write_baseline(settings.routing_baseline, population.default_weights)
-    outage_start, outage_length = outage_window(options)
-
-    worker, worker_log = start_worker(settings, "demo-worker.log")
+    # Everything the demo starts is stopped on the way out, however it goes: SIGTERM and SIGINT
+    # arrive as streams.launcher.Interrupted (streams.cli), a worker or API that dies ends the
+    # run within a second as streams.launcher.ChildExited naming it, and a demo killed outright
+    # takes its worker and API with it (each watches its parent).
+    started_broker = False
+    worker: subprocess.Popen[bytes] | None = None
     api: subprocess.Popen[bytes] | None = None
-    api_url = ""
+    stop_sim = threading.Event()
+    collector: VerdictCollector | None = None
+    topics_made = False
     try:
+        started_broker = ensure_broker(settings)
+        topics_made = True  # from here on there may be topics of this run to delete
+        ensure_topics(settings)
+        decisions = topic_name(Topic.DECISIONS, settings.topic_prefix)
+        dead_letters = topic_name(Topic.DEAD_LETTERS, settings.topic_prefix)
+        dlq_before = sum(end_offsets(settings, dead_letters).values())
+        routing_start = {topic_name(t, settings.topic_prefix): end_offsets(
+            settings, topic_name(t, settings.topic_prefix))
+            for t in (Topic.HYPOTHESES, Topic.EXPERIMENTS, Topic.ROUTING_POLICY)}
+        population = build_population(seed, customers=demo_customers(options.rate))
+        write_baseline(settings.routing_baseline, population.default_weights)
+        outage_start, outage_length = outage_window(options)
+
+        worker, worker_log = start_worker(settings, "demo-worker.log")
         print(f"worker: pid {worker.pid}, log {worker_log}; waiting until it has recovered "
               "its tables...", flush=True)
         wait_until_ready(settings, worker)
         api, api_url = start_api(settings, options.api_port or free_port())
-        tokens = ensure_tokens(settings)
-        print(f"dashboard: {api_url} (up while the demo runs; tokens in "
-              f"{tokens_path(settings)}):", flush=True)
-        for token, who in tokens.items():
-            print(f"  {who['role']:8} {who['user']:14} {token}", flush=True)
+        # Fresh tokens, valid a day, shown once here (the store in tokens_path keeps hashes).
+        tokens = {role: issue_token(settings, role) for role in ROLE_USERS}
+        print(f"dashboard: {api_url} (up while the demo runs; fresh tokens, valid 24 h, "
+              f"stored hashed in {tokens_path(settings)}):", flush=True)
+        for role, token in tokens.items():
+            print(f"  {role:8} {ROLE_USERS[role]:14} {token}", flush=True)
         collector = VerdictCollector(settings, end_offsets(settings, decisions))
         collector.start()
         collector.ready.wait(10)
 
         report: list[Any] = []
+        on_transaction = collector.on_transaction
         sim = threading.Thread(target=lambda: report.append(run_simulation(
             settings, SimulationOptions(scenario=options.scenario, rate=options.rate,
                                         duration_s=options.duration_s, seed=seed,
@@ -317,40 +334,49 @@ def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
                                         speedup=options.speedup,
                                         outage_start_s=outage_start,
                                         outage_duration_s=outage_length),
-            on_transaction=collector.on_transaction)), name="simulator", daemon=True)
+            on_transaction=on_transaction, stop=stop_sim)), name="simulator", daemon=True)
         t0 = time.time()
         run_start_ms = int(t0 * 1000)
         sim.start()
         injected = inject_bad_records(settings, options.bad_records, seed)
         while sim.is_alive():
             sim.join(1.0)
+            check_alive(worker, api)  # a dead worker ends the demo now, not at the timeout
             print(f"  {time.time() - t0:5.1f}s  produced {len(collector.produced_at):>7}  "
                   f"verdicts {len(collector.first_seen):>7}", flush=True)
         deadline = time.monotonic() + options.verdict_timeout_s
         while collector.missing() and time.monotonic() < deadline:
+            check_alive(worker, api)
             time.sleep(0.2)
         collector.stop_event.set()
         collector.join(5)
         dlq = sum(end_offsets(settings, dead_letters).values()) - dlq_before
-        viewer = next((t for t, who in tokens.items() if who["role"] == "viewer"), "")
+        viewer = tokens["viewer"]
         drift = read_drift(api_url, viewer)
         time.sleep(2.0)  # the routing agent's last steps for the tail of the traffic
         # The simulator's clock (EventClock.for_run) starts duration x (speedup - 1) in the past.
         event_start_ms = run_start_ms - options.duration_s * (options.speedup - 1) * 1000
         routing = routing_summary(read_routing(settings, routing_start), int(event_start_ms),
                                   options.speedup)
-    finally:
-        if options.hold_s > 0 and api is not None:
+        if options.hold_s > 0:
             print(f"holding {options.hold_s:.0f}s for the dashboard ({api_url})...", flush=True)
-            time.sleep(options.hold_s)
-        if api is not None:
-            stop_process(api)
-        stop_process(worker)
+            deadline = time.monotonic() + options.hold_s
+            while time.monotonic() < deadline:
+                check_alive(worker, api)
+                time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+    finally:
+        stop_sim.set()
+        if collector is not None:
+            collector.stop_event.set()
+        for proc in (api, worker):
+            if proc is not None:
+                stop_process(proc)
         if options.keep_broker:
             print(f"broker: left running with this demo's topics ({tag}.*): "
                   f"RAKSHIT_TOPIC_PREFIX={tag}. rakshit tail experiments")
         else:
-            delete_run_topics(settings)
+            if topics_made:
+                delete_run_topics(settings)
             if started_broker:
                 embedded_broker(settings).stop()
                 print("broker: stopped (started by this demo; --keep-broker leaves it up)")

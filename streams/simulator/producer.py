@@ -122,7 +122,7 @@ class _Publisher:
         self._report = report
         self._lock = threading.Lock()
         self._producer = Producer({
-            "bootstrap.servers": settings.bootstrap_servers,
+            **settings.kafka_config(),
             "client.id": "rakshit-simulator",
             "acks": "all",
             "enable.idempotence": True,
@@ -176,7 +176,7 @@ class _PolicyFollower(threading.Thread):
         self.caught_up = threading.Event()
         self.halt = threading.Event()
         self._consumer = Consumer({
-            "bootstrap.servers": settings.bootstrap_servers,
+            **settings.kafka_config(),
             "group.id": f"rakshit-simulator-{uuid.uuid4().hex}",
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,

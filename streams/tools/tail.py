@@ -49,7 +49,7 @@ def read(settings: Settings, topic: str, from_beginning: bool = False,
     full, spec = resolve_topic(settings, topic)
     codec = make_codec(settings.schema_registry_url)
     consumer = Consumer({
-        "bootstrap.servers": settings.bootstrap_servers,
+        **settings.kafka_config(),
         "group.id": f"rakshit-tail-{time.time_ns()}",
         "enable.auto.commit": False,
         "isolation.level": "read_committed",

@@ -17,11 +17,12 @@ from collections.abc import Callable
 from typing import Any
 
 import faust
-from prometheus_client import start_http_server
+from confluent_kafka import KafkaException
 
 from agents.routing.baseline import load_baseline
 from schemas.codec import make_codec
 from streams.config import Settings
+from streams.launcher import StartupFailed, serve_metrics
 from streams.topics import DEAD_LETTER_MAX_BYTES, Topic, topic_name
 from streams.worker import metrics
 from streams.worker.admission import Output, Processor, Source, internal_error
@@ -37,12 +38,22 @@ def _broker_url(bootstrap: str) -> str:
     return ";".join(f"kafka://{host.strip()}" for host in bootstrap.split(","))
 
 
+def _broker_credentials(settings: Settings) -> faust.SASLCredentials | None:
+    """The worker's SASL/SCRAM login for aiokafka, when the broker wants one."""
+    if not settings.kafka_secured:
+        return None
+    return faust.SASLCredentials(username=settings.kafka_user,
+                                 password=settings.kafka_password(),
+                                 mechanism=faust.types.auth.SASLMechanism.SCRAM_SHA_512)
+
+
 def _faust_app(settings: Settings) -> faust.App:
     datadir = settings.home / "worker" / settings.app_id
     datadir.parent.mkdir(parents=True, exist_ok=True)
     return App(
         settings.app_id,
         broker=_broker_url(settings.bootstrap_servers),
+        broker_credentials=_broker_credentials(settings),
         store="memory://",
         datadir=str(datadir),
         processing_guarantee=settings.processing_guarantee,
@@ -65,9 +76,8 @@ def _add_ops(app: faust.App, settings: Settings,
     """Readiness and the metrics endpoint, shared by the worker and the benchmark baseline."""
 
     @app.task  # type: ignore[untyped-decorator]
-    async def serve_metrics() -> None:
-        if settings.metrics_port:
-            start_http_server(settings.metrics_port, addr=settings.metrics_addr)
+    async def metrics_endpoint() -> None:
+        serve_metrics(settings)  # run_worker (and `rakshit worker` before it) serves them first
 
     @app.timer(interval=0.25)  # type: ignore[untyped-decorator]
     async def report_ready() -> None:
@@ -219,7 +229,12 @@ def run_worker(settings: Settings, loglevel: str = "info", passthrough: bool = F
     """Block running the worker until it is stopped (SIGTERM/SIGINT)."""
     from streams.admin import ensure_topics
 
-    ensure_topics(settings)
+    serve_metrics(settings)
+    try:
+        ensure_topics(settings)  # the first request that needs rights on the cluster
+    except KafkaException as exc:
+        raise StartupFailed(f"cannot check or create the topics at {settings.bootstrap_servers}: "
+                            f"{exc.args[0] if exc.args else exc}") from exc
     if passthrough:
         app = create_passthrough_app(settings)
         lane = None

@@ -148,7 +148,7 @@ class FraudLane:
         self.routing = RoutingStage(self.codec, prefix, {})
         self.topics = {t: topic_name(t, prefix) for t in (
             Topic.TRANSACTIONS, Topic.LABELS, Topic.AUTH_OUTCOMES, Topic.SCORING)}
-        self._base = {"bootstrap.servers": settings.bootstrap_servers}
+        self._base = {**settings.kafka_config()}
         self._stop = threading.Event()
         self.ready = False
         self.next_offsets: Offsets = {}

@@ -21,12 +21,12 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from schemas.codec import make_codec
 from streams.api.routes import API, AUDIT_WINDOW, TICKET_TTL, Auth, TokenStore, create_api
 from streams.api.server import tokens_path
 from streams.cli import build_parser, tokens_command
 from streams.config import Settings
 from tests.test_api import NOW, fed_model
+from tests.test_api_contract import AvroSink
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,21 +37,6 @@ class Clock:
 
     def __call__(self) -> datetime:
         return self.now
-
-
-class AvroSink:
-    def __init__(self) -> None:
-        self.codec = make_codec(None)
-        self.commands: list[dict[str, Any]] = []
-        self.audits: list[dict[str, Any]] = []
-
-    async def command(self, record: dict[str, Any]) -> None:
-        self.codec.encode("case_command", record, topic="t")
-        self.commands.append(record)
-
-    async def audit(self, record: dict[str, Any]) -> None:
-        self.codec.encode("audit", record, topic="t")
-        self.audits.append(record)
 
 
 Client = TestClient[web.Request, web.Application]

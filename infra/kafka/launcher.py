@@ -44,6 +44,21 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 
 POM = Path(__file__).resolve().parent / "pom.xml"
 
+# What both brokers below share: one node's log, replication and retention settings.
+_STORAGE_PROPERTIES = """\
+log.dirs={data_dir}
+num.partitions=1
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=1
+group.initial.rebalance.delay.ms=0
+auto.create.topics.enable={auto_create}
+log.segment.bytes=67108864
+log.retention.check.interval.ms=60000
+"""
+
 SERVER_PROPERTIES = """\
 process.roles=broker,controller
 node.id=1
@@ -53,18 +68,7 @@ advertised.listeners=PLAINTEXT://127.0.0.1:{port}
 inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
 listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
-log.dirs={data_dir}
-num.partitions=1
-offsets.topic.replication.factor=1
-offsets.topic.num.partitions=1
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-transaction.state.log.num.partitions=1
-group.initial.rebalance.delay.ms=0
-auto.create.topics.enable=true
-log.segment.bytes=67108864
-log.retention.check.interval.ms=60000
-"""
+""" + _STORAGE_PROPERTIES.replace("{auto_create}", "true")
 
 # The same broker with authentication on. The client listener takes SCRAM from the principals the
 # launcher creates and PLAIN from the broker's own principal only (its JAAS line lists just that
@@ -90,18 +94,7 @@ sasl.mechanism.controller.protocol=PLAIN
 authorizer.class.name=org.apache.kafka.metadata.authorizer.StandardAuthorizer
 super.users=User:{broker_user};User:{admin_user}
 allow.everyone.if.no.acl.found=false
-log.dirs={data_dir}
-num.partitions=1
-offsets.topic.replication.factor=1
-offsets.topic.num.partitions=1
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
-transaction.state.log.num.partitions=1
-group.initial.rebalance.delay.ms=0
-auto.create.topics.enable=false
-log.segment.bytes=67108864
-log.retention.check.interval.ms=60000
-"""
+""" + _STORAGE_PROPERTIES.replace("{auto_create}", "false")
 
 PLAIN_JAAS = ('org.apache.kafka.common.security.plain.PlainLoginModule required '
               'username="{user}" password="{password}" user_{user}="{password}";')

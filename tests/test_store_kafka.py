@@ -50,9 +50,11 @@ def verdict(tx: str, decision: str) -> dict[str, Any]:
 
 
 def produce_verdicts(settings: Settings, partition: int, records: list[dict[str, Any]]) -> None:
-    """Verdicts onto one partition of the decision topic, in order."""
+    """Verdicts onto one partition of the decision topic, in order. Idempotent: without it a
+    batch retried under load (a new topic's leader not yet known) lands after later ones, and the
+    first verdicts end up inside the API's window (a flake seen twice in loaded full runs)."""
     codec, topic = make_codec(None), name(settings, Topic.DECISIONS)
-    producer = Producer({**settings.kafka_config(), "linger.ms": 5})
+    producer = Producer({**settings.kafka_config(), "linger.ms": 5, "enable.idempotence": True})
     for rec in records:
         producer.produce(topic, key=rec["transaction_id"].encode(), partition=partition,
                          value=codec.encode("verdict", rec, topic=topic))

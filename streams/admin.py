@@ -28,7 +28,9 @@ from streams.topics import TOPICS, Topic, topic_name
 # rest; "broker" and "admin" are super users). Topic -> "read", "write" or "read,write".
 # Gateways produce transactions, outcomes and labels and follow the routing policy; the worker
 # writes every verdict, hypothesis, experiment, policy and notification and its internal topics;
-# the API writes case commands and refusal audits and reads what its pages and store show.
+# only the API writes case commands (so the case agent may trust the actor and role inside
+# them), and it writes refusal audits and reads what its pages and store show. README, "Threat
+# model", shows this table; tests/test_readme.py checks the two agree.
 READ, WRITE, BOTH = "read", "write", "read,write"
 ACLS: dict[str, dict[Topic, str]] = {
     "gateway": {Topic.TRANSACTIONS: WRITE, Topic.AUTH_OUTCOMES: WRITE, Topic.LABELS: WRITE,
@@ -44,10 +46,9 @@ ACLS: dict[str, dict[Topic, str]] = {
         Topic.CASES: WRITE, Topic.WHITELIST: BOTH, Topic.REVIEW_QUEUE: BOTH,
         Topic.DEAD_LETTERS: WRITE, Topic.AUDIT: WRITE, Topic.MODEL_QUALITY: WRITE,
         Topic.EVALUATION_QUEUE: WRITE,
-        # NOT YET ONLY THE API'S: the lane sends each REVIEW verdict's OPEN command here
-        # (streams.worker.casework.open_case). Until OPEN moves to a worker-owned topic the
-        # worker keeps WRITE, and tests/test_kafka_acl.py marks that refusal as expected to fail.
-        Topic.CASE_COMMANDS: BOTH,
+        # The case agent reads the API's commands; it never writes them. The lane's OPENs go to
+        # the worker's own case-openings topic (streams.worker.casework).
+        Topic.CASE_COMMANDS: READ, Topic.CASE_OPENINGS: BOTH,
     },
     "api": {Topic.CASE_COMMANDS: BOTH, Topic.AUDIT: BOTH, Topic.CASES: READ,
             Topic.ROUTING_POLICY: READ, Topic.HYPOTHESES: READ, Topic.EXPERIMENTS: READ,

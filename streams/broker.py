@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from infra.kafka.launcher import BrokerError, EmbeddedBroker, answers
+from infra.kafka.launcher import ADMIN_USER, BrokerError, EmbeddedBroker, answers
 from streams.config import Settings
 
 
@@ -14,17 +14,24 @@ def embedded_broker(settings: Settings) -> EmbeddedBroker:
                           credentials_dir=settings.credentials_dir)
 
 
-def ensure_broker(settings: Settings) -> bool:
-    """Make sure a broker answers; returns True when this call started the embedded one.
-    With authentication on and the admin principal, the run's ACLs are granted too."""
-    if not settings.embedded:
+def ensure_broker(settings: Settings, with_parent: bool = False) -> bool:
+    """Make sure a broker answers; returns True when this call started the embedded one
+    (``with_parent``: one that stops when this process goes, however it goes).
+    With authentication on and the admin principal, the run's ACLs are granted too. A service
+    principal (worker, api, gateway) only joins a broker: managing the embedded one takes the
+    broker's own password, which is the operator's to use."""
+    service = settings.kafka_secured and settings.kafka_user != ADMIN_USER
+    if not settings.embedded or service:
         if not answers(settings.bootstrap_servers, 10.0, settings.kafka_config()):
-            raise BrokerError(f"KAFKA_BOOTSTRAP_SERVERS={settings.bootstrap_servers} does not "
-                              "answer a metadata request")
+            who = (f"KAFKA_BOOTSTRAP_SERVERS={settings.bootstrap_servers}" if not settings.embedded
+                   else f"the broker at {settings.bootstrap_servers}")
+            hint = (f" to {settings.kafka_user}'s login (is it started? `rakshit broker start` "
+                    "starts it as the operator)" if service else "")
+            raise BrokerError(f"{who} does not answer a metadata request{hint}")
         return False
     broker = embedded_broker(settings)
     was_up = broker.status().answering
-    broker.start()
+    broker.start(with_parent=with_parent)
     if settings.kafka_secured and settings.kafka_user == "admin":
         from streams.admin import ensure_acls
 

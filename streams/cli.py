@@ -43,6 +43,19 @@ def build_parser() -> argparse.ArgumentParser:
     topics.add_argument("--create", action="store_true", help="create missing topics first")
     topics.add_argument("--all", action="store_true", help="include topics that are not ours")
 
+    topics.add_argument("--users", action="store_true",
+                        help="first register every principal's SCRAM login, as the broker's own "
+                             "principal (docker-compose's set-up; the embedded broker does it "
+                             "itself)")
+
+    credentials = sub.add_parser(
+        "credentials", help="generate the Kafka principals' password files (0600; the embedded "
+                            "broker does it at its first start), and docker-compose's copies")
+    credentials.add_argument("--broker-uid", type=int, default=None,
+                             help="owner of the Kafka container's copy (run as root)")
+    credentials.add_argument("--service-uid", type=int, default=None,
+                             help="owner of the services' copies (run as root)")
+
     worker = sub.add_parser("worker", help="run the Faust worker")
     worker.add_argument("--loglevel", default="info",
                         choices=("crit", "error", "warn", "info", "debug"))
@@ -117,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="benchmarks that print figures")
     bench.add_argument("what", choices=("pipeline", "lane", "scoring", "healing", "state",
-                                        "cost"))
+                                        "cost", "soak", "faults"))
     bench.add_argument("--transactions", type=int, default=20_000)
     bench.add_argument("--rounds", type=int, default=3)
     bench.add_argument("--workers", type=int, default=1,
@@ -131,12 +144,25 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--month-rate", type=float, default=0.5,
                        help="healing: attempts/s per cell in the simulated healthy month")
     bench.add_argument("--only", default=None,
-                       help="healing: one scenario kind (outage, latency, ..., healthy) or name")
+                       help="healing: one scenario kind (outage, latency, ..., healthy) or name; "
+                            "faults: a comma-separated list (broker-kill, broker-pause, "
+                            "worker-kill, state-loss, api-kill, db-stop)")
+    bench.add_argument("--after", type=float, default=40.0,
+                       help="faults: seconds of traffic after each fault's end")
+    bench.add_argument("--target-ms", type=float, default=100.0,
+                       help="faults: the verdict latency target recovery is measured against")
     bench.add_argument("--vcpu-hour-usd", type=float, default=None,
                        help="cost: USD per vCPU-hour (default AWS Fargate on-demand, Linux/x86, "
                             "us-east-1; printed with the figures)")
     bench.add_argument("--gb-hour-usd", type=float, default=None,
                        help="cost: USD per GB-hour of memory (default as --vcpu-hour-usd)")
+    bench.add_argument("--minutes", type=float, default=30.0,
+                       help="soak: minutes of traffic")
+    bench.add_argument("--rate", type=float, default=None,
+                       help="soak: transactions per second (default 1000); faults: the steady "
+                            "traffic's (default 200)")
+    bench.add_argument("--warmup-minutes", type=float, default=5.0,
+                       help="soak: minutes before memory growth and lag are judged")
     bench.add_argument("--summary-json", type=Path, default=None)
 
     api = sub.add_parser("api", help="the analysts' and SREs' HTTP API and live dashboard")
@@ -250,6 +276,8 @@ def command(args: argparse.Namespace) -> int:
         from streams.admin import describe_topics, ensure_topics
         from streams.broker import ensure_broker
 
+        if args.users:
+            _register_users(settings)
         ensure_broker(settings)
         if args.create:
             for name, state in ensure_topics(settings).items():
@@ -260,11 +288,24 @@ def command(args: argparse.Namespace) -> int:
             print(f"{info.name:<40} {info.partitions:>10} {info.records:>10}  {ends}")
         return 0
 
+    if args.command == "credentials":
+        from infra.kafka.launcher import compose_credentials
+
+        for path in compose_credentials(settings.credentials_dir, args.broker_uid,
+                                        args.service_uid):
+            print(path)  # where, never what
+        return 0
+
     if args.command == "worker":
         from streams.launcher import serve_metrics
 
         serve_metrics(settings)  # first: a taken port ends it at once, before anything starts
         broker_up(settings)
+        if _service(settings, "worker") is not settings:  # run by hand: set up as the operator
+            from streams.launcher import prepare_run
+
+            prepare_run(settings)
+            settings = _service(settings, "worker")
         if args.passthrough == "raw":
             import logging
             from dataclasses import replace
@@ -288,8 +329,8 @@ def command(args: argparse.Namespace) -> int:
         from streams.simulator.producer import SimulationOptions, run_simulation
 
         ensure_broker(settings)
-        ensure_topics(settings)
-        report = run_simulation(settings, SimulationOptions(
+        ensure_topics(settings)  # as the operator: the topics and their ACLs
+        report = run_simulation(_gateway(settings), SimulationOptions(
             scenario=args.scenario, rate=args.rate, duration_s=args.duration, seed=args.seed,
             speedup=args.speedup))
         print(report)
@@ -301,8 +342,8 @@ def command(args: argparse.Namespace) -> int:
         from streams.simulator.producer import replay_handbook
 
         ensure_broker(settings)
-        ensure_topics(settings)
-        print(replay_handbook(settings, args.data, args.start, args.end, args.speedup))
+        ensure_topics(settings)  # as the operator: the topics and their ACLs
+        print(replay_handbook(_gateway(settings), args.data, args.start, args.end, args.speedup))
         return 0
 
     if args.command == "tail":
@@ -373,6 +414,41 @@ def command(args: argparse.Namespace) -> int:
             for line in targets_met(rows):
                 print(line)
             return 0
+        if args.what == "faults":
+            from streams.bench.faults import FaultOptions, bench_faults, fault_names
+            from streams.bench.faults import format_table as fault_table
+            from streams.bench.faults import targets_met as faults_met
+
+            try:
+                fault_names(args.only)
+            except ValueError as exc:
+                print(f"rakshit bench faults: error: {exc}", file=sys.stderr)
+                return 2
+            fault_rows = bench_faults(settings, args.only,
+                                      FaultOptions(rate=args.rate or 200.0, after_s=args.after,
+                                                   latency_target_ms=args.target_ms),
+                                      args.summary_json)
+            print()
+            print(fault_table(fault_rows))
+            print()
+            for line in faults_met(fault_rows, args.target_ms):
+                print(line)
+            return 0
+        if args.what == "soak":
+            from streams.bench.soak import SoakOptions, run_soak
+
+            try:
+                options = SoakOptions(minutes=args.minutes, rate=args.rate or 1000.0,
+                                      warmup_minutes=args.warmup_minutes)
+                options.check()
+            except ValueError as exc:
+                print(f"rakshit bench soak: error: {exc}", file=sys.stderr)
+                return 2
+            result = run_soak(settings, options)
+            if args.summary_json:
+                args.summary_json.parent.mkdir(parents=True, exist_ok=True)
+                args.summary_json.write_text(json.dumps(result, indent=2) + "\n")
+            return 0 if result["passed"] else 1
         if args.what == "scoring":
             from streams.bench.pipeline import bench_scoring
 
@@ -422,12 +498,13 @@ def command(args: argparse.Namespace) -> int:
         sock = listen(args.host, args.port)  # first: a taken port ends it at once
         broker_up(settings)
         try:
-            ensure_topics(settings)  # the first request that needs rights on the cluster
+            # The first request that needs rights on the cluster; run by hand, as the operator.
+            ensure_topics(settings)
         except KafkaException as exc:
             raise StartupFailed(f"cannot check or create the topics at "
                                 f"{settings.bootstrap_servers}: "
                                 f"{exc.args[0] if exc.args else exc}") from exc
-        run_api(settings, args.host, args.port, args.tokens, sock=sock)
+        run_api(_service(settings, "api"), args.host, args.port, args.tokens, sock=sock)
         return 0
 
     if args.command == "demo":
@@ -446,6 +523,43 @@ def command(args: argparse.Namespace) -> int:
         return 0 if ok else 1
 
     return 2
+
+
+def _register_users(settings: Settings, timeout_s: float = 60.0) -> None:
+    """Every principal's SCRAM login on the cluster named (docker-compose's Kafka), as the
+    broker's principal; returns once the operator's login is accepted."""
+    import time
+
+    from infra.kafka.launcher import answers, register_users
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            register_users(settings.bootstrap_servers, settings.credentials_dir)
+            if answers(settings.bootstrap_servers, 5.0, settings.kafka_config()):
+                return
+        except Exception:  # the broker still starting: try again until the deadline
+            if time.monotonic() > deadline:
+                raise
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{settings.kafka_user}'s login is not accepted at "
+                               f"{settings.bootstrap_servers}")
+        time.sleep(1.0)
+
+
+def _service(settings: Settings, service: str) -> Settings:
+    """A service command's own principal (streams.launcher.as_service) unless RAKSHIT_KAFKA_USER
+    names one: `rakshit worker`, `api`, `simulate` and `replay` run by hand do their set-up as
+    the operator, then serve as the worker, the api or a gateway."""
+    import os
+
+    from streams.launcher import as_service
+
+    return settings if os.environ.get("RAKSHIT_KAFKA_USER") else as_service(settings, service)
+
+
+def _gateway(settings: Settings) -> Settings:
+    return _service(settings, "gateway")
 
 
 def broker_up(settings: Settings) -> None:

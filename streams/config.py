@@ -39,12 +39,14 @@ class Settings:
     schema_registry_url: str | None = None
     topic_prefix: str = ""
     default_partitions: int = 6
-    # Kafka authentication: "none" (plaintext, anyone on loopback may write anything) or "scram"
-    # (SASL/SCRAM-SHA-512 with per-principal ACLs, see streams.admin.ACLS). Each process names
-    # its principal (RAKSHIT_KAFKA_USER: admin, worker, api or gateway) and reads its password
-    # from a 0600 file (RAKSHIT_KAFKA_PASSWORD_FILE, default <credentials dir>/<user>.password);
-    # the embedded broker generates every principal's file once, at its first start.
-    kafka_auth: str = "none"
+    # Kafka authentication: "scram" by default (SASL/SCRAM-SHA-512 with per-principal ACLs, see
+    # streams.admin.ACLS and README "Threat model"), or "none" to opt out (plaintext: anyone who
+    # reaches the broker may write anything). Each process names its principal
+    # (RAKSHIT_KAFKA_USER: admin, worker, api or gateway; the launcher starts each service as
+    # its own) and reads its password from a 0600 file (RAKSHIT_KAFKA_PASSWORD_FILE, default
+    # <credentials dir>/<user>.password); the embedded broker generates every principal's file
+    # once, at its first start.
+    kafka_auth: str = "scram"
     kafka_user: str = "admin"
     kafka_password_file: Path | None = None
     kafka_credentials_dir: Path | None = None
@@ -175,7 +177,7 @@ class Settings:
     @classmethod
     def from_env(cls) -> Settings:
         home = Path(_env("RAKSHIT_HOME", str(REPO_ROOT / ".rakshit")))
-        auth = _env("RAKSHIT_KAFKA_AUTH", "none").lower()
+        auth = _env("RAKSHIT_KAFKA_AUTH", "scram").lower()
         if auth not in ("none", "scram"):
             raise ValueError(f"RAKSHIT_KAFKA_AUTH must be none or scram, not {auth!r}")
         return cls(

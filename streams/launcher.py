@@ -36,7 +36,15 @@ from types import FrameType
 
 from confluent_kafka.admin import AdminClient
 
+from infra.kafka.launcher import ADMIN_USER
 from streams.config import REPO_ROOT, Settings
+
+# Which Kafka principal each kind of process logs in as when the broker wants logins
+# (RAKSHIT_KAFKA_AUTH=scram; streams.admin.ACLS says what each may do). The commands a person
+# runs (broker, topics, tokens, tail, demo, bench) stay the operator's ``admin``; what they start
+# runs as its own principal, so a worker cannot write case commands nor a gateway a verdict.
+SERVICE_PRINCIPALS = {"worker": "worker", "api": "api", "gateway": "gateway"}
+OPERATOR = ADMIN_USER
 
 # Set in a child's environment by spawn(): the pid of the process that started it.
 PARENT_ENV = "RAKSHIT_PARENT_PID"
@@ -179,45 +187,77 @@ def wait_for_group(settings: Settings, group: str, worker: subprocess.Popen[byte
     raise RuntimeError(f"worker group {group} not stable within {timeout_s:.0f}s")
 
 
+def as_service(settings: Settings, service: str) -> Settings:
+    """The settings a ``service`` process runs with: its own principal when the broker wants
+    logins and these settings are the operator's. Settings that already name another principal
+    (RAKSHIT_KAFKA_USER, or a test acting as one) are kept as they are."""
+    principal = SERVICE_PRINCIPALS[service]
+    if not settings.kafka_secured or settings.kafka_user != OPERATOR:
+        return settings
+    return settings.as_principal(principal)
+
+
+def prepare_run(settings: Settings) -> None:
+    """As the operator, before a service starts under its own principal: the run's topics and
+    the ACLs of its prefix and app id (streams.admin.ensure_topics; idempotent). A service
+    principal may neither create the project's topics nor grant itself rights."""
+    if settings.kafka_secured and settings.kafka_user == OPERATOR:
+        from streams.admin import ensure_topics
+
+        ensure_topics(settings)
+
+
+def spawn_service(settings: Settings, service: str, log_path: Path, *args: str,
+                  name: str | None = None) -> subprocess.Popen[bytes]:
+    """:func:`spawn` for a service: the run prepared as the operator, the child logged in as
+    the service's principal (:func:`as_service`)."""
+    prepare_run(settings)
+    return spawn(as_service(settings, service), log_path, *args, name=name)
+
+
 def spawn(settings: Settings, log_path: Path, *args: str,
           name: str | None = None) -> subprocess.Popen[bytes]:
     """``python -m streams.cli *args`` as its own process group (so kill -9 takes all of it),
     appending its output to ``log_path``. It is registered until :func:`stop_process` stops
     it, and stops itself if this process goes away (:func:`watch_parent`)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, **settings.to_env(), PARENT_ENV: str(os.getpid())}
+    if not settings.kafka_password_file:
+        # The parent's own password file is not the child's: it reads its principal's.
+        env.pop("RAKSHIT_KAFKA_PASSWORD_FILE", None)
     with log_path.open("ab") as log:
         offset = log.tell()
         proc = subprocess.Popen([sys.executable, "-m", "streams.cli", *args],
                                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                cwd=REPO_ROOT,
-                                env={**os.environ, **settings.to_env(),
-                                     PARENT_ENV: str(os.getpid())},
-                                start_new_session=True)
+                                cwd=REPO_ROOT, env=env, start_new_session=True)
     with _children_lock:
         _children[proc.pid] = Child(name or (args[0] if args else "child"), proc, log_path,
                                     offset)
     return proc
 
 
-def _spawn(settings: Settings, log_name: str, *args: str) -> tuple[subprocess.Popen[bytes], Path]:
+def _spawn(settings: Settings, service: str, log_name: str,
+           *args: str) -> tuple[subprocess.Popen[bytes], Path]:
     log_path = settings.home / "logs" / log_name
-    return spawn(settings, log_path, *args), log_path
+    return spawn_service(settings, service, log_path, *args, name=args[0]), log_path
 
 
 def start_worker(settings: Settings, log_name: str,
                  passthrough: str | None = None) -> tuple[subprocess.Popen[bytes], str]:
-    """`rakshit worker` as its own process; passthrough "faust" or "raw" starts that benchmark
-    baseline instead (`rakshit worker --passthrough MODE`)."""
+    """`rakshit worker` as its own process, logged in as the worker principal; passthrough
+    "faust" or "raw" starts that benchmark baseline instead (`rakshit worker --passthrough
+    MODE`)."""
     if passthrough not in (None, "faust", "raw"):
         raise ValueError(f"passthrough must be None, 'faust' or 'raw', not {passthrough!r}")
     extra = ["--passthrough", passthrough] if passthrough else []
-    proc, log_path = _spawn(settings, log_name, "worker", "--loglevel", "warn", *extra)
+    proc, log_path = _spawn(settings, "worker", log_name, "worker", "--loglevel", "warn", *extra)
     return proc, str(log_path)
 
 
 def start_api(settings: Settings, port: int) -> tuple[subprocess.Popen[bytes], str]:
-    """`rakshit api` as its own process; returns once the page answers."""
-    proc, log_path = _spawn(settings, "demo-api.log", "api", "--port", str(port))
+    """`rakshit api` as its own process, logged in as the api principal; returns once the page
+    answers."""
+    proc, log_path = _spawn(settings, "api", "demo-api.log", "api", "--port", str(port))
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

@@ -29,6 +29,7 @@ class Topic(StrEnum):
     SCORING = "scoring-by-terminal"
     ROUTE_OUTCOMES = "route-outcomes"
     CASE_COMMANDS = "case-commands"
+    CASE_OPENINGS = "case-openings"
     AUDIT = "audit"
     NOTIFICATIONS = "notifications"
     EVALUATION_QUEUE = "evaluation-queue"
@@ -99,8 +100,17 @@ TOPICS: tuple[TopicSpec, ...] = (
     # limits that span issuers (concurrent experiments).
     # One partition: the case agent applies every command in log order, so two analysts
     # claiming one case are decided by the log, and one case book holds every case.
+    # Only the API may write here (streams.admin.ACLS): the case agent trusts the actor and role
+    # inside because the broker took the record from the API principal alone.
     TopicSpec(Topic.CASE_COMMANDS, "case_command", "case_id", 1, 30 * DAY_MS, False,
-              "Case commands: analysts' (from the API), OPEN per review verdict, DISPUTE."),
+              "Case commands from the API: analysts' claims, releases, resolutions, "
+              "whitelistings, and customers' disputes."),
+    # Internal to the worker: the fraud lane's OPEN for each REVIEW verdict, which the case agent
+    # reads beside case-commands. A topic of its own so only the API writes case-commands; one
+    # partition, like case-commands, for the one case book.
+    TopicSpec(Topic.CASE_OPENINGS, "case_command", "transaction_id", 1, 30 * DAY_MS, False,
+              "Worker-internal: the fraud lane's OPEN command per REVIEW verdict, for the case "
+              "agent."),
     TopicSpec(Topic.AUDIT, "audit", "actor", 1, -1, False,
               "Every case action and every refused attempt, kept forever."),
     TopicSpec(Topic.NOTIFICATIONS, "notification", "card_token", None, 30 * DAY_MS, False,

@@ -53,6 +53,10 @@ def kafka_bootstrap() -> Iterator[str]:
     if _docker_engine():
         from testcontainers.kafka import KafkaContainer
 
+        # testcontainers' Kafka has no SASL listener: these tests run without authentication
+        # (tests/test_kafka_acl.py starts its own secured embedded broker either way).
+        os.environ["RAKSHIT_KAFKA_AUTH"] = "none"
+
         with KafkaContainer("apache/kafka:4.3.1").with_kraft() as container:
             bootstrap = container.get_bootstrap_server()
             print(f"\n[kafka] testcontainers apache/kafka:4.3.1 at {bootstrap}")

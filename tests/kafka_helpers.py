@@ -15,12 +15,14 @@ from pathlib import Path
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from streams.config import REPO_ROOT, Settings
-from streams.launcher import spawn, stop_process, wait_for_group
+from streams.launcher import spawn_service, stop_process, wait_for_group
 from streams.topics import Topic, topic_name
 
 
 class WorkerProcess:
-    """`rakshit worker` as its own OS process, so a test can kill -9 it like production would."""
+    """`rakshit worker` as its own OS process, so a test can kill -9 it like production would.
+    It logs in as the worker principal (streams.launcher.spawn_service), so a test also proves
+    the worker needs nothing its ACLs do not grant."""
 
     def __init__(self, settings: Settings, log_path: Path, args: Sequence[str] = ()) -> None:
         self.settings = settings
@@ -29,7 +31,8 @@ class WorkerProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, wait: bool = True) -> WorkerProcess:
-        self.proc = spawn(self.settings, self.log_path, "worker", "--loglevel", "warn", *self.args)
+        self.proc = spawn_service(self.settings, "worker", self.log_path, "worker", "--loglevel",
+                                  "warn", *self.args)
         if wait:
             wait_for_group(self.settings, self.settings.app_id, self.proc)
         return self

@@ -44,11 +44,12 @@ def opened(stage: CaseStage, verdict: dict[str, Any]) -> str:
     raw = CODEC.encode("verdict", verdict, topic=stage.decisions)
     out = stage.open_case(Output(stage.decisions, verdict["transaction_id"].encode(), raw,
                                  opens_case=True), T0)
-    assert out.topic == topic_name(Topic.CASE_COMMANDS, "t.")
-    records = decoded(stage.on_command(out.value))
+    # The worker's own topic: only the API writes case-commands (streams.admin.ACLS).
+    assert out.topic == topic_name(Topic.CASE_OPENINGS, "t.")
+    records = decoded(stage.on_command(out.value, out.topic))
     cases = [r for t, r in records if t.endswith(".cases")]
     assert len(cases) == 1 and cases[0]["status"] == "OPEN"
-    assert stage.on_command(out.value) == []  # a re-delivered OPEN opens nothing twice
+    assert stage.on_command(out.value, out.topic) == []  # a re-delivered OPEN opens nothing twice
     return str(cases[0]["case_id"])
 
 
@@ -97,6 +98,23 @@ def test_a_viewer_cannot_resolve_and_the_attempt_is_audited() -> None:
         ("victor", "REFUSED", "FORBIDDEN")]
 
 
+def test_an_open_on_case_commands_is_refused_and_audited() -> None:
+    """Opening a case from a verdict is the fraud lane's alone (case-openings, the worker's
+    topic): an OPEN on case-commands, which the API writes, opens nothing."""
+    stage = CaseStage(CODEC, "t.")
+    verdict = review_verdict()
+    raw = CODEC.encode("verdict", verdict, topic=stage.decisions)
+    out = stage.open_case(Output(stage.decisions, verdict["transaction_id"].encode(), raw,
+                                 opens_case=True), T0)
+    outs = decoded(stage.on_command(out.value, stage.commands))
+    assert not [r for t, r in outs if t.endswith(".cases")]
+    assert [(r["outcome"], r["refusal"]) for t, r in outs if t.endswith(".audit")] == [
+        ("REFUSED", "INVALID")]
+    # And the lane's topic carries nothing but OPENs.
+    with pytest.raises(ValueError, match="OPEN commands only"):
+        stage.on_command(command("CLAIM", "mallory", "ADMIN", "case-x", T0), stage.openings)
+
+
 def test_a_dispute_of_a_decline_opens_a_case() -> None:
     stage = CaseStage(CODEC, "t.")
     verdict = review_verdict("DECLINE")
@@ -122,7 +140,7 @@ def test_the_queue_depth_goes_to_the_fraud_lanes_when_it_changes_at_most_each_se
         raw = CODEC.encode("verdict", verdict, topic=stage.decisions)
         out = stage.open_case(Output(stage.decisions, f"tx-{i}".encode(), raw, opens_case=True),
                               T0)
-        return stage.on_command(out.value)
+        return stage.on_command(out.value, out.topic)
 
     def depths(outs: list[Output]) -> list[int]:
         return [r["depth"] for t, r in decoded(outs) if t == "t.rakshit.review-queue"]

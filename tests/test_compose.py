@@ -28,7 +28,9 @@ DATASOURCES = GRAFANA / "provisioning" / "datasources" / "prometheus.yml"
 DASHBOARD_PROVIDERS = GRAFANA / "provisioning" / "dashboards" / "dashboards.yml"
 DASHBOARD = GRAFANA / "dashboards" / "rakshit.json"
 
-PROJECT_SERVICES = {"topics", "worker", "simulator", "api"}
+PROJECT_SERVICES = {"credentials", "topics", "worker", "simulator", "api"}
+# The project services that talk to Kafka, and the principal each logs in as.
+PRINCIPALS = {"topics": "admin", "worker": "worker", "api": "api", "simulator": "gateway"}
 EXPECTED_SERVICES = {"kafka", *PROJECT_SERVICES, "postgres", "prometheus", "grafana"}
 
 # Every metric the worker exports (streams/worker/metrics.py), as Prometheus names.
@@ -202,7 +204,8 @@ def test_project_command_is_a_valid_rakshit_invocation(
 
 
 def test_project_commands_are_the_intended_ones(services: dict[str, dict[str, Any]]) -> None:
-    assert services["topics"]["command"] == ["rakshit", "topics", "--create"]
+    assert services["credentials"]["command"][:2] == ["rakshit", "credentials"]
+    assert services["topics"]["command"] == ["rakshit", "topics", "--create", "--users"]
     assert services["worker"]["command"] == ["rakshit", "worker"]
     sim = services["simulator"]["command"]
     assert sim[:2] == ["rakshit", "simulate"]
@@ -221,7 +224,7 @@ def test_simulator_runs_until_stopped(services: dict[str, dict[str, Any]]) -> No
 def test_project_services_use_the_internal_listener(services: dict[str, dict[str, Any]]) -> None:
     advertised = _listeners(_env(services["kafka"])["KAFKA_ADVERTISED_LISTENERS"])
     internal = {f"{host}:{port}" for host, port in advertised.values() if host == "kafka"}
-    for name in PROJECT_SERVICES:
+    for name in PRINCIPALS:
         bootstrap = _env(services[name]).get("KAFKA_BOOTSTRAP_SERVERS")
         assert bootstrap == "kafka:9092", f"{name}: KAFKA_BOOTSTRAP_SERVERS={bootstrap!r}"
         assert bootstrap in internal, f"{name}: {bootstrap} is not an advertised listener"
@@ -240,6 +243,8 @@ def test_startup_order(services: dict[str, dict[str, Any]]) -> None:
     for name, svc in services.items():
         for dep in _depends_on(svc):
             assert dep in services, f"{name} depends on unknown service {dep}"
+    assert _depends_on(services["kafka"]) == {"credentials": "service_completed_successfully"}
+    assert services["credentials"].get("restart", "no") == "no", "credentials is a one-shot"
     assert _depends_on(services["topics"]) == {"kafka": "service_healthy"}
     assert _depends_on(services["worker"])["topics"] == "service_completed_successfully"
     assert _depends_on(services["simulator"])["worker"] == "service_started"
@@ -289,8 +294,8 @@ def test_kafka_is_a_single_node_kraft_broker_and_controller(
     # Containers use kafka:9092, the host localhost:29092.
     assert ("kafka", 9092) in advertised.values()
     assert ("localhost", 29092) in advertised.values()
-    assert listeners["PLAINTEXT"][1] == 9092
-    assert listeners["PLAINTEXT_HOST"][1] == 29092
+    assert listeners["CLIENT"][1] == 9092
+    assert listeners["CLIENT_HOST"][1] == 29092
 
     for key in ("KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR",
                 "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR",
@@ -305,6 +310,101 @@ def test_kafka_is_a_single_node_kraft_broker_and_controller(
     except (binascii.Error, ValueError):
         pytest.fail(f"CLUSTER_ID {cluster_id!r} is not base64url")
     assert len(cluster_id) == 22 and len(raw) == 16, f"CLUSTER_ID {cluster_id!r}"
+
+
+def _protocols(env: dict[str, str]) -> dict[str, str]:
+    pairs = env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(",")
+    return dict(item.split(":", 1) for item in pairs)
+
+
+def _subpath_mounts(service: dict[str, Any]) -> dict[str, tuple[str, str, bool]]:
+    """target -> (volume, subpath, read_only) for long-syntax volume mounts with a subpath."""
+    return {str(v["target"]): (str(v["source"]), str((v.get("volume") or {}).get("subpath")),
+                               bool(v.get("read_only")))
+            for v in service.get("volumes") or []
+            if isinstance(v, dict) and (v.get("volume") or {}).get("subpath")}
+
+
+def test_kafka_takes_sasl_logins_only_and_enforces_the_acls(
+        services: dict[str, dict[str, Any]]) -> None:
+    """The same security as the embedded broker (infra/kafka/launcher.py)."""
+    from infra.kafka.launcher import ADMIN_USER, BROKER_USER
+
+    env = _env(services["kafka"])
+    listeners = _listeners(env["KAFKA_LISTENERS"])
+    assert {_protocols(env)[name] for name in listeners} == {"SASL_PLAINTEXT"}
+    assert env["KAFKA_AUTHORIZER_CLASS_NAME"] == (
+        "org.apache.kafka.metadata.authorizer.StandardAuthorizer")
+    assert env["KAFKA_ALLOW_EVERYONE_IF_NO_ACL_FOUND"] == "false"
+    assert set(env["KAFKA_SUPER_USERS"].split(";")) == {f"User:{BROKER_USER}",
+                                                        f"User:{ADMIN_USER}"}
+    # Clients log in with SCRAM on the listeners they are given; PLAIN is the broker's own.
+    assert "SCRAM-SHA-512" in env["KAFKA_LISTENER_NAME_CLIENT_SASL_ENABLED_MECHANISMS"]
+    assert env["KAFKA_LISTENER_NAME_CLIENT__HOST_SASL_ENABLED_MECHANISMS"] == "SCRAM-SHA-512"
+    assert env["KAFKA_LISTENER_NAME_CONTROLLER_SASL_ENABLED_MECHANISMS"] == "PLAIN"
+    # No password in this file: the broker's is read from its own volume subpath.
+    for key, value in env.items():
+        if key.endswith("PLAIN_SASL_JAAS_CONFIG"):
+            # "$$" is compose's escape: Kafka sees ${file:...}, its FileConfigProvider's syntax.
+            assert value == "$${file:/run/rakshit-kafka/jaas.properties:plain}", key
+    assert env["KAFKA_CONFIG_PROVIDERS_FILE_CLASS"].endswith("FileConfigProvider")
+    assert _subpath_mounts(services["kafka"])["/run/rakshit-kafka"] == (
+        "kafka-credentials", "broker", True)
+    check = " ".join(services["kafka"]["healthcheck"]["test"])
+    assert "--command-config /run/rakshit-kafka/client.properties" in check
+
+
+def test_each_service_logs_in_as_its_own_principal_and_only_set_up_is_admin(
+        services: dict[str, dict[str, Any]]) -> None:
+    from streams.admin import ACLS
+    from streams.launcher import SERVICE_PRINCIPALS
+
+    for name, principal in PRINCIPALS.items():
+        env = _env(services[name])
+        assert env.get("RAKSHIT_KAFKA_AUTH") == "scram", name
+        assert env.get("RAKSHIT_KAFKA_USER") == principal, name
+    admins = {name for name, svc in services.items()
+              if _env(svc).get("RAKSHIT_KAFKA_USER", "admin" if name in PRINCIPALS else None)
+              == "admin"}
+    assert admins == {"topics"}, "only the set-up step may be admin"
+    assert set(PRINCIPALS.values()) - {"admin"} == set(SERVICE_PRINCIPALS.values()) == set(ACLS)
+    # Each service sees its own password alone: a read-only subpath of the credentials volume.
+    for name, principal in PRINCIPALS.items():
+        if principal == "admin":
+            continue
+        env = _env(services[name])
+        mounts = _subpath_mounts(services[name])
+        target = env["RAKSHIT_KAFKA_PASSWORD_FILE"].rsplit("/", 1)[0]
+        assert mounts[target] == ("kafka-credentials", f"services/{principal}", True), name
+        whole = [dst for src, dst in _volume_mounts(services[name])
+                 if src == "kafka-credentials" and dst not in mounts]
+        assert not whole, f"{name} mounts every password at {whole}"
+    # The set-up step reads every password file (it registers the SCRAM logins).
+    topics = services["topics"]
+    assert ("kafka-credentials", _env(topics)["RAKSHIT_KAFKA_CREDENTIALS_DIR"]) in \
+        _volume_mounts(topics)
+
+
+def test_the_credentials_step_writes_what_the_mounts_expect(tmp_path: Path) -> None:
+    """`rakshit credentials` (the compose step) writes the files the containers' mounts and
+    settings name, each 0600, and the broker's JAAS line carries the broker's password."""
+    import stat
+
+    from infra.kafka.launcher import compose_credentials
+
+    written = compose_credentials(tmp_path / "creds")
+    names = {str(p.relative_to(tmp_path / "creds")) for p in written}
+    assert names == {"broker/jaas.properties", "broker/client.properties",
+                     *(f"services/{p}/password" for p in ("worker", "api", "gateway"))}
+    for path in written:
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+        assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700, path.parent
+    broker = (tmp_path / "creds" / "broker.password").read_text().strip()
+    jaas = (tmp_path / "creds" / "broker" / "jaas.properties").read_text()
+    assert jaas.startswith("plain=") and f'password="{broker}"' in jaas
+    for principal in ("worker", "api", "gateway"):
+        assert (tmp_path / "creds" / "services" / principal / "password").read_text() == \
+            (tmp_path / "creds" / f"{principal}.password").read_text()
 
 
 def test_kafka_healthcheck_and_data_volume(compose: dict[str, Any],

@@ -64,13 +64,14 @@ def outage(settings: Settings) -> list[tuple[str, bytes, bytes]]:
 
 
 def review_case(settings: Settings, n: int) -> tuple[str, list[tuple[str, bytes, bytes]]]:
-    """A REVIEW verdict on the decision topic and the OPEN command the worker sends for it."""
+    """A REVIEW verdict on the decision topic and the OPEN command the worker sends for it
+    (on its own case-openings topic)."""
     codec = make_codec(None)
     verdict: dict[str, Any] = RECORDS["verdict"]()
     verdict.update(verdict_id=f"v-browser-{n}", transaction_id=f"tx-browser-{n}",
                    decision="REVIEW", is_override=False, overrides_verdict_id=None,
                    decided_by="worker", arm="CHAMPION", guardrails=[])
-    decisions, commands = name(settings, Topic.DECISIONS), name(settings, Topic.CASE_COMMANDS)
+    decisions, commands = name(settings, Topic.DECISIONS), name(settings, Topic.CASE_OPENINGS)
     raw = codec.encode("verdict", verdict, topic=decisions)
     cmd = codec.encode("case_command", open_command(raw, verdict["transaction_id"],
                                                     datetime.now(UTC)), topic=commands)

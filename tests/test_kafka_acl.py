@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -23,15 +23,17 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from infra.kafka.launcher import PRINCIPALS, EmbeddedBroker
 from schemas.codec import make_codec
-from streams.admin import ACLS, READ, WRITE, end_offsets, ensure_topics
+from streams.admin import ACLS, READ, WRITE, end_offsets, ensure_topics, free_port
 from streams.api.server import FEEDS
 from streams.api.store_feed import STORED
 from streams.config import Settings
+from streams.launcher import start_api, stop_process
 from streams.simulator.population import build_population
 from streams.simulator.producer import SimulationOptions, run_simulation
 from streams.topics import Topic, topic_name
 from tests.factories import transaction
 from tests.kafka_helpers import WorkerProcess, produce, read_all
+from tests.test_codec import RECORDS
 
 pytestmark = pytest.mark.kafka
 
@@ -108,13 +110,72 @@ def test_api_may_not_write_verdicts_and_the_worker_may_not_write_transactions(
     assert err is not None and err.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the fraud lane still sends each REVIEW verdict's OPEN command to case-commands "
-    "(streams.worker.casework.open_case), so streams.admin.ACLS grants the worker WRITE there "
-    "until OPEN moves to a worker-owned topic"))
 def test_worker_may_not_write_case_commands(admin: Settings) -> None:
-    err = _produce_one(admin.as_principal("worker"), Topic.CASE_COMMANDS)
+    """Only the API writes case commands; the lane's OPENs go to the worker's own topic."""
+    worker = admin.as_principal("worker")
+    err = _produce_one(worker, Topic.CASE_COMMANDS)
     assert err is not None and err.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
+    assert _produce_one(worker, Topic.CASE_OPENINGS) is None
+    for principal in ("gateway", "api"):
+        err = _produce_one(admin.as_principal(principal), Topic.CASE_OPENINGS)
+        assert err is not None and err.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED, principal
+    assert _records(admin, Topic.CASE_COMMANDS) == 0
+
+
+def test_a_forged_case_command_is_refused_and_never_reaches_the_case_book(
+        admin: Settings, tmp_path: Path) -> None:
+    """The case agent trusts the actor and role inside a case command because the broker takes
+    case commands from the API principal alone (streams.worker.casework). A gateway's forged
+    ones, an ADMIN role and an invented actor, are refused by the broker; the API's whitelisting,
+    sent after them, is applied, and nothing of the forgeries reaches the case book's topics."""
+    codec = make_codec(None)
+    commands = topic_name(Topic.CASE_COMMANDS, admin.topic_prefix)
+    decisions = topic_name(Topic.DECISIONS, admin.topic_prefix)
+    now = datetime.now(UTC)
+    verdict = {**RECORDS["verdict"](), "decision": "REVIEW", "is_override": False,
+               "overrides_verdict_id": None, "decided_by": "worker", "arm": "CHAMPION"}
+
+    def command(kind: str, actor: str, role: str, **extra: object) -> bytes:
+        record = {"command_id": uuid.uuid4().hex, "command": kind, "actor": actor,
+                  "role": role, "reason": "forged?", "case_id": None,
+                  "expected_version": None, "resolution": None, "card_token": None,
+                  "until": None, "transaction_id": None, "verdict": None,
+                  "requested_at": now, **extra}
+        return codec.encode("case_command", record, topic=commands)
+
+    forged = [
+        command("WHITELIST", "mallory", "ADMIN", card_token="tok_forged",
+                until=now + timedelta(days=30)),
+        command("OPEN", "mallory", "ADMIN", transaction_id=verdict["transaction_id"],
+                verdict=codec.encode("verdict", verdict, topic=decisions)),
+    ]
+    gateway = admin.as_principal("gateway")
+    results: list[KafkaError | None] = []
+    producer = Producer({**gateway.kafka_config(), "message.timeout.ms": 8000,
+                         "socket.timeout.ms": 3000, "log_level": 0})
+    for value in forged:
+        producer.produce(commands, key=b"forged", value=value,
+                         on_delivery=lambda err, _msg: results.append(err))
+    producer.flush(20)
+    assert len(results) == len(forged)
+    assert all(e is not None and e.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED
+               for e in results), results
+
+    worker = WorkerProcess(admin.as_principal("worker"), tmp_path / "worker.log").start()
+    try:
+        produce(admin.as_principal("api"), [(commands, b"tok_real", command(
+            "WHITELIST", "ana-analyst", "ANALYST", card_token="tok_real",
+            until=now + timedelta(days=1)))])
+        audit = read_all(admin, topic_name(Topic.AUDIT, admin.topic_prefix), until=1)
+    finally:
+        worker.stop()
+    assert [codec.decode(r.value, topic=r.topic).record["actor"] for r in audit] == [
+        "ana-analyst"]
+    whitelisted = [codec.decode(r.value, topic=r.topic).record["card_token"] for r in read_all(
+        admin, topic_name(Topic.WHITELIST, admin.topic_prefix), idle_s=1.0)]
+    assert whitelisted == ["tok_real"]
+    assert _records(admin, Topic.CASE_COMMANDS) == 1
+    assert _records(admin, Topic.CASES) == 0
 
 
 def test_unauthenticated_and_wrong_password_clients_cannot_produce(admin: Settings,
@@ -154,18 +215,26 @@ def test_credentials_are_private_and_never_logged(admin: Settings,
     txs = [transaction(i) for i in range(50)]
     worker = WorkerProcess(worker_settings, tmp_path / "worker.log",
                            args=("--loglevel", "info")).start()
+    api = None
     try:
         produce(gateway, [(tx_topic, t["card_token"].encode(),
                            codec.encode("transaction", t, topic=tx_topic)) for t in txs])
         verdicts = read_all(admin, topic_name(Topic.DECISIONS, admin.topic_prefix),
                             until=len(txs))
+        # The API as the launcher starts it: as the api principal, its log in home/logs.
+        api, _ = start_api(admin, free_port())
     finally:
+        if api is not None:
+            stop_process(api)
         worker.stop()
     assert len(verdicts) == len(txs)
     log = worker.log()
     assert log, "the worker wrote no log"
+    api_log = (admin.home / "logs" / "demo-api.log").read_text(errors="replace")
+    assert api_log, "the API wrote no log"
     broker_logs = [secured_broker.broker.log_file, secured_broker.broker.run_dir / "broker.out"]
-    texts = [log, *(p.read_text(errors="replace") for p in broker_logs if p.exists())]
+    texts = [log, api_log,
+             *(p.read_text(errors="replace") for p in broker_logs if p.exists())]
     for user, password in passwords.items():
         for text in texts:
             assert password not in text, f"{user}'s password is in a log"

@@ -54,3 +54,38 @@ def test_auth_settings_survive_the_trip_to_a_child_process(monkeypatch: pytest.M
     monkeypatch.setenv("RAKSHIT_KAFKA_AUTH", "sometimes")
     with pytest.raises(ValueError, match="RAKSHIT_KAFKA_AUTH"):
         Settings.from_env()
+
+
+def test_authentication_is_on_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RAKSHIT_KAFKA_AUTH", raising=False)
+    monkeypatch.delenv("RAKSHIT_KAFKA_USER", raising=False)
+    assert Settings().kafka_auth == Settings.from_env().kafka_auth == "scram"
+    assert Settings.from_env().kafka_user == "admin"  # the operator; services get their own
+    monkeypatch.setenv("RAKSHIT_KAFKA_AUTH", "none")  # the documented opt-out
+    assert not Settings.from_env().kafka_secured
+
+
+def test_each_service_runs_as_its_own_principal(monkeypatch: pytest.MonkeyPatch,
+                                                tmp_path: Path) -> None:
+    """The launcher's one mapping (streams.launcher.as_service), which start_worker, start_api,
+    the demo's and the benchmarks' traffic and `rakshit worker/api/simulate/replay` use."""
+    from streams.cli import _service
+    from streams.launcher import SERVICE_PRINCIPALS, as_service
+
+    operator = Settings(kafka_auth="scram", kafka_credentials_dir=tmp_path,
+                        kafka_password_file=tmp_path / "admin.password")
+    for service, principal in SERVICE_PRINCIPALS.items():
+        settings = as_service(operator, service)
+        assert settings.kafka_user == principal
+        assert settings.password_file == tmp_path / f"{principal}.password"
+        assert "RAKSHIT_KAFKA_PASSWORD_FILE" not in settings.to_env()  # the dir, not a password
+    # Settings that name another principal already are kept; without auth nothing changes.
+    worker = operator.as_principal("worker")
+    assert as_service(worker, "api") is worker
+    plain = replace(operator, kafka_auth="none")
+    assert as_service(plain, "worker") is plain
+    # By hand: RAKSHIT_KAFKA_USER, when set, says who a command runs as.
+    monkeypatch.delenv("RAKSHIT_KAFKA_USER", raising=False)
+    assert _service(operator, "gateway").kafka_user == "gateway"
+    monkeypatch.setenv("RAKSHIT_KAFKA_USER", "admin")
+    assert _service(operator, "gateway") is operator

@@ -5,7 +5,8 @@ ports, the real broker.
   worker starts stops that worker and the embedded broker the demo started; nothing of the run
   listens any more, and the demo ends with one line and 128 + the signal;
 - SIGTERM to `rakshit bench pipeline` stops its worker the same way;
-- kill -9 of the demo still takes its worker and API down (they watch their parent);
+- kill -9 of the demo still takes its worker and API down (they watch their parent), and the
+  broker it started (a parent-death signal);
 - a worker killed -9 mid-run ends the demo within seconds with one line naming it, and a worker
   that cannot start (the known bug: its metrics port held by an earlier demo's worker) ends the
   demo before any traffic, saying why;
@@ -169,11 +170,8 @@ def test_sigterm_to_the_demo_stops_its_worker_and_api(demo: Demo) -> None:
     assert_gone(kids, demo.api_port, demo.metrics_port, within_s=5.0)
 
 
-@pytest.mark.kafka
-def test_sigint_to_a_demo_that_started_its_broker_stops_worker_and_broker(
-        make_settings: Callable[..., Settings], tmp_path: Path, demo_models: Path) -> None:
-    """Ctrl-C while the worker starts, with no broker running: the demo starts the embedded one
-    (on free ports here) and must stop it too, as it does when it ends normally."""
+def own_broker_settings(make_settings: Callable[..., Settings], demo_models: Path) -> Settings:
+    """Settings with no broker running: the demo starts the embedded one, on free ports."""
     defaults = Settings.from_env()
     settings = make_settings(external_bootstrap=None, broker_port=free_port(),
                              controller_port=free_port(), metrics_port=free_port(),
@@ -181,20 +179,53 @@ def test_sigint_to_a_demo_that_started_its_broker_stops_worker_and_broker(
     jars = settings.home / "kafka" / defaults.kafka_version
     jars.parent.mkdir(parents=True)
     jars.symlink_to(defaults.home / "kafka" / defaults.kafka_version)  # resolved by the session
+    return settings
+
+
+def broker_pid(settings: Settings) -> int:
+    return int((settings.home / f"broker-{settings.broker_port}" / "broker.pid").read_text())
+
+
+@pytest.mark.kafka
+def test_sigint_to_a_demo_that_started_its_broker_stops_worker_and_broker(
+        make_settings: Callable[..., Settings], tmp_path: Path, demo_models: Path) -> None:
+    """Ctrl-C while the worker starts, with no broker running: the demo starts the embedded one
+    and must stop it too, as it does when it ends normally."""
+    settings = own_broker_settings(make_settings, demo_models)
     demo = Demo(settings, tmp_path)
     try:
         line = demo.wait_for("worker: pid ")
         worker = int(line.split("worker: pid ")[1].split(",")[0])
-        broker_pid = int((settings.home / f"broker-{settings.broker_port}" / "broker.pid")
-                         .read_text())
-        assert pid_alive(broker_pid) and port_answers(settings.broker_port)
+        broker = broker_pid(settings)
+        assert pid_alive(broker) and port_answers(settings.broker_port)
         demo.proc.send_signal(signal.SIGINT)
         code, err = demo.finish()
         assert code == 128 + signal.SIGINT
         assert last_line(err) == f"rakshit demo: stopped by SIGINT; stopped worker pid {worker}"
         assert "broker: stopped (started by this demo" in demo.out.read_text()
-        assert_gone({"worker": worker, "broker": broker_pid}, settings.metrics_port,
+        assert_gone({"worker": worker, "broker": broker}, settings.metrics_port,
                     settings.broker_port, within_s=5.0)
+    finally:
+        demo.kill()
+        embedded_broker(settings).stop()
+
+
+@pytest.mark.kafka
+def test_kill_9_of_a_demo_that_started_its_broker_takes_the_broker_down(
+        make_settings: Callable[..., Settings], tmp_path: Path, demo_models: Path) -> None:
+    """No handler runs on kill -9: the broker the demo started goes by the parent-death signal
+    it was started with (infra.kafka.launcher), the worker by watching its parent."""
+    settings = own_broker_settings(make_settings, demo_models)
+    demo = Demo(settings, tmp_path)
+    try:
+        line = demo.wait_for("worker: pid ")
+        worker = int(line.split("worker: pid ")[1].split(",")[0])
+        broker = broker_pid(settings)
+        assert pid_alive(broker) and port_answers(settings.broker_port)
+        demo.proc.kill()
+        demo.proc.wait()
+        assert_gone({"worker": worker, "broker": broker}, settings.metrics_port,
+                    settings.broker_port, within_s=30.0)
     finally:
         demo.kill()
         embedded_broker(settings).stop()

@@ -31,3 +31,16 @@ def test_ci_runs_the_readme_test_command() -> None:
     assert "make test " in README and "make demo " in README
     ci = (REPO_ROOT / ".ci" / "run").read_text()
     assert re.search(r"^make test$", ci, re.M)
+
+
+def test_threat_model_table_matches_the_acls() -> None:
+    """README, "Threat model": what each principal writes and reads is streams.admin.ACLS."""
+    from streams.admin import ACLS, READ, WRITE
+
+    rows = {m.group(1): (m.group(2), m.group(3))
+            for m in re.finditer(r"^\| (gateway|worker|api) \| (.*) \| (.*) \|$", README, re.M)}
+    assert set(rows) == set(ACLS)
+    for principal, acl in ACLS.items():
+        writes, reads = ({t for t in re.findall(r"`([\w-]+)`", cell)} for cell in rows[principal])
+        assert writes == {t.value for t, ops in acl.items() if WRITE in ops.split(",")}, principal
+        assert reads == {t.value for t, ops in acl.items() if READ in ops.split(",")}, principal

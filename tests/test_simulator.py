@@ -698,7 +698,7 @@ def fake_kafka(monkeypatch: pytest.MonkeyPatch) -> FakeCodec:
 
 
 def test_run_simulation_paces_keys_and_reports(fake_kafka: FakeCodec) -> None:
-    settings = Settings(topic_prefix="t1.")
+    settings = Settings(topic_prefix="t1.", kafka_auth="none")  # fake Kafka: no login
     world = build_population(7, customers=300, merchants=80)  # what the run will build
     issuer = world.busiest_issuer()
     route = next(r for r in world.route_ids if world.default_weights[issuer][r] == 0)
@@ -752,7 +752,7 @@ def test_delivery_failures_are_raised_not_dropped(fake_kafka: FakeCodec) -> None
     options = SimulationOptions(rate=500, duration_s=0.3, customers=200, merchants=50,
                                 follow_policies=False)
     with pytest.raises(DeliveryFailed) as failure:
-        run_simulation(Settings(), options)
+        run_simulation(Settings(kafka_auth="none"), options)
     report = failure.value.report
     assert report.delivery_errors == report.outcomes > 0
     assert "broker said no" in str(failure.value)
@@ -764,7 +764,7 @@ def test_stop_event_ends_an_unbounded_run(fake_kafka: FakeCodec) -> None:
                                 follow_policies=False)
     timer = threading.Timer(0.5, stop.set)
     timer.start()
-    report = run_simulation(Settings(), options, stop=stop)
+    report = run_simulation(Settings(kafka_auth="none"), options, stop=stop)
     assert 0.4 < report.wall_seconds < 3 and report.transactions > 0
 
 
@@ -772,7 +772,7 @@ def test_replay_handbook_publishes_a_day(fake_kafka: FakeCodec) -> None:
     data_dir, day = _handbook_day()
     rows, frauds = _expected_rows(data_dir, day)
     seen: list[str] = []
-    report = replay_handbook(Settings(), data_dir, day, day,
+    report = replay_handbook(Settings(kafka_auth="none"), data_dir, day, day,
                              on_transaction=lambda tx_id, _: seen.append(tx_id))
     assert report.transactions == rows == len(seen) and report.labels == rows
     assert report.fraud_transactions == frauds

@@ -105,7 +105,7 @@ def _check_follow_ups(local: LocalLane, verdict: dict[str, Any],
     """A declined or reviewed payment tells the customer, in the verdict's plain words; a
     reviewed one opens a case."""
     notifications = outputs.pop(local.topic(Topic.NOTIFICATIONS), [])
-    cases = outputs.pop(local.topic(Topic.CASE_COMMANDS), [])
+    cases = outputs.pop(local.topic(Topic.CASE_OPENINGS), [])
     assert outputs == {}  # nothing else: no dead letter, no stray record
     assert len(cases) == (verdict["decision"] == "REVIEW")
     if verdict["decision"] == "APPROVE":
@@ -220,7 +220,7 @@ def test_an_analysts_finding_teaches_terminal_risk_the_learners_and_the_evaluato
     opened = cases.open_case(Output(decisions, reviewed["transaction_id"].encode(), raw), T0)
     case_id = f"case-{reviewed['verdict_id']}"
     resolved_at = T0 + timedelta(days=1)
-    outs = [*cases.on_command(opened.value),
+    outs = [*cases.on_command(opened.value, opened.topic),
             *cases.on_command(_command(cases, "CLAIM", resolved_at, case_id=case_id)),
             *cases.on_command(_command(cases, "RESOLVE", resolved_at, case_id=case_id,
                                        resolution="CONFIRMED_FRAUD"))]

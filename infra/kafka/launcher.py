@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import ctypes
 import os
 import secrets
 import shutil
@@ -30,6 +31,7 @@ import signal
 import subprocess
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -179,17 +181,90 @@ def write_secret(path: Path, value: str) -> None:
 
 
 def ensure_credentials(directory: Path, users: tuple[str, ...] = PRINCIPALS) -> dict[str, Path]:
-    """One random password per principal, generated once: user -> its 0600 file."""
+    """One random password per principal, generated once: user -> its 0600 file. Two brokers
+    starting at once (test sessions share the directory) keep whichever file came first: a
+    password is linked into place only where none exists, never replaced."""
     directory.mkdir(parents=True, exist_ok=True)
     directory.chmod(0o700)
     files = {}
     for user in users:
         path = directory / f"{user}.password"
         if not path.exists():
-            write_secret(path, secrets.token_urlsafe(32) + "\n")
+            tmp = directory / f".{user}.{os.getpid()}.new"
+            write_secret(tmp, secrets.token_urlsafe(32) + "\n")
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, path)
+            tmp.unlink()
         path.chmod(0o600)
         files[user] = path
     return files
+
+
+def register_users(bootstrap: str, credentials_dir: Path,
+                   users: tuple[str, ...] = PRINCIPALS) -> None:
+    """Create (or re-key, after a password file was replaced) each principal's SCRAM credential,
+    logged in as the broker's own principal (PLAIN): the embedded broker's start, and
+    docker-compose's set-up step (`rakshit topics --create --users`)."""
+    def password(user: str) -> str:
+        return (credentials_dir / f"{user}.password").read_text().strip()
+
+    admin = AdminClient({"bootstrap.servers": bootstrap, "security.protocol": "SASL_PLAINTEXT",
+                         "sasl.mechanism": "PLAIN", "sasl.username": BROKER_USER,
+                         "sasl.password": password(BROKER_USER)})
+    info = ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, SCRAM_ITERATIONS)
+    upserts: list[UserScramCredentialAlteration] = [
+        UserScramCredentialUpsertion(user, info, password(user).encode())
+        for user in users if user != BROKER_USER]
+    for future in admin.alter_user_scram_credentials(upserts).values():
+        future.result()
+
+
+# docker-compose's containers: each service principal's container sees only its own password
+# (a volume subpath, services/<user>/password); Kafka's sees only broker/ (its JAAS line, read
+# through Kafka's FileConfigProvider, and a client login for its health check).
+COMPOSE_SERVICES = ("worker", "api", "gateway")
+
+
+def compose_credentials(directory: Path, broker_uid: int | None = None,
+                        service_uid: int | None = None) -> list[Path]:
+    """Every principal's password (ensure_credentials) and the per-container copies described
+    above, each file 0600; when run as root, owned by the uid its container runs as. Returns the
+    files written (never their contents)."""
+    files = ensure_credentials(directory)
+    broker = files[BROKER_USER].read_text().strip()
+    plain = PLAIN_JAAS.format(user=BROKER_USER, password=broker)
+    login = ('org.apache.kafka.common.security.plain.PlainLoginModule required '
+             f'username="{BROKER_USER}" password="{broker}";')
+    written: list[tuple[Path, int | None]] = [
+        (directory / "broker" / "jaas.properties", broker_uid),
+        (directory / "broker" / "client.properties", broker_uid)]
+    write_secret(written[0][0], f"plain={plain}\n")
+    write_secret(written[1][0], "security.protocol=SASL_PLAINTEXT\nsasl.mechanism=PLAIN\n"
+                                f"sasl.jaas.config={login}\n")
+    for user in COMPOSE_SERVICES:
+        path = directory / "services" / user / "password"
+        write_secret(path, files[user].read_text())
+        written.append((path, service_uid))
+    for path, uid in written:
+        path.parent.chmod(0o700)
+        if uid is not None:
+            os.chown(path.parent, uid, uid)
+            os.chown(path, uid, uid)
+    return [path for path, _ in written]
+
+
+def _die_with(parent: int) -> Callable[[], None]:
+    """For Popen's preexec_fn: SIGTERM to the child when its parent goes (prctl
+    PR_SET_PDEATHSIG, kept across exec), and at once if the parent is already gone."""
+    def arm() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:
+            os.kill(os.getpid(), signal.SIGTERM)
+    return arm
+
+
+PR_SET_PDEATHSIG = 1
 
 
 class EmbeddedBroker:
@@ -315,12 +390,21 @@ class EmbeddedBroker:
                 f"-Dlog4j2.configurationFile={self.run_dir / 'log4j2.properties'}",
                 "-cp", f"{self.lib_dir}/*", main, *args]
 
-    def start(self, timeout_s: float = 90.0) -> BrokerStatus:
+    def start(self, timeout_s: float = 90.0, with_parent: bool = False) -> BrokerStatus:
+        """Start the broker unless one answers already. ``with_parent``: the broker is this
+        run's alone (the demo without --keep-broker), so it gets SIGTERM when the thread that
+        started it goes away, even by kill -9 (Linux's parent-death signal); `rakshit broker
+        start` leaves it running on purpose."""
         if self._answers(1.0):
             self._ensure_users()
             return self.status()
         pid = self._pid()
         if self._alive(pid):
+            if self.secured and answers(self.bootstrap, 2.0):
+                # One started before authentication was the default: it answers without a login.
+                raise BrokerError(f"the broker at {self.bootstrap} (pid {pid}) runs without "
+                                  "authentication; stop it (rakshit broker stop) to restart it "
+                                  "with SASL/SCRAM, or set RAKSHIT_KAFKA_AUTH=none")
             # Started by an earlier call and still coming up: wait for it rather than start twice.
             return self._wait_ready(pid, timeout_s)
         self.ensure_jars()
@@ -337,7 +421,8 @@ class EmbeddedBroker:
         out = (self.run_dir / "broker.out").open("ab")
         proc = subprocess.Popen(self._java("kafka.Kafka", str(props), heap=self.heap),
                                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True)
+                                start_new_session=True,
+                                preexec_fn=_die_with(os.getpid()) if with_parent else None)
         self.pid_file.write_text(str(proc.pid))
         return self._wait_ready(proc.pid, timeout_s)
 
@@ -358,15 +443,8 @@ class EmbeddedBroker:
         credential, as the broker's own principal; return once the admin can log in with it."""
         if not self.secured:
             return
-        files = ensure_credentials(self.credentials_dir)
-        admin = AdminClient({**self.client_config(BROKER_USER),
-                             "bootstrap.servers": self.bootstrap})
-        info = ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, SCRAM_ITERATIONS)
-        upserts: list[UserScramCredentialAlteration] = [
-            UserScramCredentialUpsertion(user, info, self._password(user).encode())
-            for user in files if user != BROKER_USER]
-        for future in admin.alter_user_scram_credentials(upserts).values():
-            future.result()
+        ensure_credentials(self.credentials_dir)
+        register_users(self.bootstrap, self.credentials_dir)
         deadline = deadline or time.monotonic() + 30.0
         while not self._answers(1.0, ADMIN_USER):
             if time.monotonic() > deadline:

@@ -47,7 +47,13 @@ from scoring.train import (
 )
 from streams.admin import delete_run_topics, end_offsets, ensure_topics, free_port
 from streams.config import Settings
-from streams.launcher import check_alive, start_worker, stop_process, wait_until_ready
+from streams.launcher import (
+    as_service,
+    check_alive,
+    start_worker,
+    stop_process,
+    wait_until_ready,
+)
 from streams.simulator.producer import SimulationReport, replay_handbook
 from streams.topics import Topic, topic_name
 
@@ -218,7 +224,8 @@ def replay_and_collect(settings: Settings, data_dir: Path, start: date, end: dat
             log(f"  {progress.transactions} replayed, {len(collector.features)} decided "
                 f"({time.monotonic() - t0:.0f}s)")
 
-        report = replay_handbook(run, data_dir, start, end, 0.0, progress=backpressure,
+        report = replay_handbook(as_service(run, "gateway"), data_dir, start, end, 0.0,
+                                 progress=backpressure,
                                  label_lead_s=LABEL_LEAD_S, fraud_labels_only=True)
         log(f"replayed {report.transactions} transactions and {report.labels} fraud labels "
             f"in {time.monotonic() - t0:.0f}s; waiting for their verdicts")

@@ -37,6 +37,7 @@ from streams.admin import delete_run_topics, ensure_topics, free_port
 from streams.config import Settings
 from streams.launcher import (
     ChildExited,
+    as_service,
     check_alive,
     start_worker,
     stop_process,
@@ -173,7 +174,8 @@ def backlog_decided(settings: Settings, records: list[tuple[bytes, bytes]],
     topic = topic_name(Topic.TRANSACTIONS, settings.topic_prefix)
     decisions = _EndOffsets(settings, topic_name(Topic.DECISIONS, settings.topic_prefix))
     try:
-        producer = Producer({**settings.kafka_config(), "linger.ms": 5,
+        # The traffic comes from a gateway, under its principal's ACLs like the real thing.
+        producer = Producer({**as_service(settings, "gateway").kafka_config(), "linger.ms": 5,
                              "queue.buffering.max.messages": 1_000_000})
         started = time.monotonic()
         for i, (key, value) in enumerate(records):

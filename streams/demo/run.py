@@ -27,6 +27,7 @@ from streams.api.server import ROLE_USERS, issue_token, tokens_path
 from streams.broker import embedded_broker, ensure_broker
 from streams.config import Settings
 from streams.launcher import (
+    as_service,
     check_alive,
     start_api,
     start_worker,
@@ -297,7 +298,8 @@ def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
     collector: VerdictCollector | None = None
     topics_made = False
     try:
-        started_broker = ensure_broker(settings)
+        # A broker this demo starts goes with it, even on kill -9, unless it is to be kept.
+        started_broker = ensure_broker(settings, with_parent=not options.keep_broker)
         topics_made = True  # from here on there may be topics of this run to delete
         ensure_topics(settings)
         decisions = topic_name(Topic.DECISIONS, settings.topic_prefix)
@@ -327,18 +329,19 @@ def run_demo(settings: Settings, options: DemoOptions) -> dict[str, Any]:
 
         report: list[Any] = []
         on_transaction = collector.on_transaction
+        gateway = as_service(settings, "gateway")  # the traffic comes in as a gateway's
         sim = threading.Thread(target=lambda: report.append(run_simulation(
-            settings, SimulationOptions(scenario=options.scenario, rate=options.rate,
-                                        duration_s=options.duration_s, seed=seed,
-                                        customers=demo_customers(options.rate),
-                                        speedup=options.speedup,
-                                        outage_start_s=outage_start,
-                                        outage_duration_s=outage_length),
+            gateway, SimulationOptions(scenario=options.scenario, rate=options.rate,
+                                       duration_s=options.duration_s, seed=seed,
+                                       customers=demo_customers(options.rate),
+                                       speedup=options.speedup,
+                                       outage_start_s=outage_start,
+                                       outage_duration_s=outage_length),
             on_transaction=on_transaction, stop=stop_sim)), name="simulator", daemon=True)
         t0 = time.time()
         run_start_ms = int(t0 * 1000)
         sim.start()
-        injected = inject_bad_records(settings, options.bad_records, seed)
+        injected = inject_bad_records(gateway, options.bad_records, seed)
         while sim.is_alive():
             sim.join(1.0)
             check_alive(worker, api)  # a dead worker ends the demo now, not at the timeout

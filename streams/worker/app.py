@@ -103,9 +103,9 @@ def create_app(settings: Settings, lane_ready: Callable[[], bool] = lambda: True
 
     outputs = {topic_name(t, settings.topic_prefix): raw_topic(t)
                for t in (Topic.DECISIONS, Topic.DEAD_LETTERS, Topic.HYPOTHESES,
-                         Topic.EXPERIMENTS, Topic.ROUTING_POLICY, Topic.CASE_COMMANDS,
-                         Topic.CASES, Topic.WHITELIST, Topic.LABELS, Topic.AUDIT,
-                         Topic.NOTIFICATIONS, Topic.REVIEW_QUEUE)}
+                         Topic.EXPERIMENTS, Topic.ROUTING_POLICY, Topic.CASES,
+                         Topic.WHITELIST, Topic.LABELS, Topic.AUDIT, Topic.NOTIFICATIONS,
+                         Topic.REVIEW_QUEUE)}
     # The routing loop's state lives on the one partition of its topics (see streams.topics),
     # worked on in memory and checkpointed each second (streams.worker.write_behind).
     analyst_state = WriteBehind(app.Table("analyst-cells", default=dict, partitions=1))
@@ -114,7 +114,11 @@ def create_app(settings: Settings, lane_ready: Callable[[], bool] = lambda: True
                            analyst_state, pilot_state)
     # Case state: one partition, written on each command (commands are rare; durability wins).
     cases = CaseStage(codec, settings.topic_prefix, app.Table("case-book", partitions=1))
-    case_commands = raw_topic(Topic.CASE_COMMANDS)
+    # The API's commands and the lane's OPENs (streams.worker.casework: one writer each).
+    case_commands = app.topic(topic_name(Topic.CASE_COMMANDS, settings.topic_prefix),
+                              topic_name(Topic.CASE_OPENINGS, settings.topic_prefix),
+                              key_type=bytes, value_type=bytes, key_serializer="raw",
+                              value_serializer="raw")
     hypotheses_name = topic_name(Topic.HYPOTHESES, settings.topic_prefix)
     routing_inputs = app.topic(topic_name(Topic.ROUTE_OUTCOMES, settings.topic_prefix),
                                hypotheses_name, key_type=bytes, value_type=bytes,
@@ -154,7 +158,7 @@ def create_app(settings: Settings, lane_ready: Callable[[], bool] = lambda: True
             source = source_of(event)
             raw = event.message.value or b""
             try:
-                outs = cases.on_command(raw)
+                outs = cases.on_command(raw, event.message.topic)
             except Exception as exc:  # keep the command and the reason; the queue keeps moving
                 log.exception("case command failed")
                 outs = [admission.dead_letter(raw, source, internal_error(exc))]

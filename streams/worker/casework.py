@@ -4,6 +4,21 @@ broker.
 
 The worker is the only writer of case state, and it applies commands in the order of one
 partition's log; `now` is each command's requested_at, so a replay decides exactly as before.
+
+Commands come from two topics, each with one writer the broker enforces (streams.admin.ACLS,
+with RAKSHIT_KAFKA_AUTH=scram, the default):
+
+- ``case-commands``: only the API principal may write it. The API authenticated the analyst
+  (a bearer token), checked the role and set the actor from the token, never from the request
+  body; so the actor and role inside such a command are trusted here because the broker took it
+  from the API alone. A gateway's forged command (an ADMIN role, an invented actor) is refused
+  by the broker and never reaches this code (tests/test_kafka_acl.py). An OPEN found here is
+  refused (audited as an unknown command): opening a case from a verdict is the lane's alone.
+- ``case-openings``: only the worker writes it, the fraud lane's OPEN per REVIEW verdict
+  (command id ``open-<transaction id>``, so a redelivered OPEN opens nothing twice). Nothing but
+  an OPEN is taken from it.
+
+With RAKSHIT_KAFKA_AUTH=none there is no such guarantee: any local process may write either.
 """
 
 from __future__ import annotations
@@ -67,6 +82,7 @@ class CaseStage:
         self._gauged = float("-inf")
         self._indexed = float("-inf")
         self.commands = topic_name(Topic.CASE_COMMANDS, self.prefix)
+        self.openings = topic_name(Topic.CASE_OPENINGS, self.prefix)
         self.decisions = topic_name(Topic.DECISIONS, self.prefix)
         self.review_queue = topic_name(Topic.REVIEW_QUEUE, self.prefix)
         self._published_depth: int | None = None
@@ -74,25 +90,31 @@ class CaseStage:
         self._depth_changed = False
 
     def open_case(self, verdict_output: Output, at: datetime) -> Output:
-        """Ask the case agent to open a case for a REVIEW verdict the terminal stage produced."""
+        """Ask the case agent to open a case for a REVIEW verdict the terminal stage produced
+        (on the worker's own case-openings topic: only the API writes case-commands)."""
         tx_id = verdict_output.key.decode()
         record = open_command(verdict_output.value, tx_id, at)
-        return Output(self.commands, tx_id.encode(),
-                      self.codec.encode("case_command", record, topic=self.commands))
+        return Output(self.openings, tx_id.encode(),
+                      self.codec.encode("case_command", record, topic=self.openings))
 
-    def on_command(self, raw: bytes) -> list[Output]:
-        cmd = self.codec.decode(raw, topic=self.commands, expect="case_command").record
+    def on_command(self, raw: bytes, topic: str | None = None) -> list[Output]:
+        """Apply one command read from ``topic`` (case-commands when not said): an OPEN only
+        from case-openings, anything else only from case-commands (see the module's doc)."""
+        topic = topic or self.commands
+        cmd = self.codec.decode(raw, topic=topic, expect="case_command").record
         now: datetime = cmd["requested_at"]
         kind = cmd["command"]
-        if kind in ("OPEN", "DISPUTE"):
+        if topic == self.openings and kind != "OPEN":
+            raise ValueError(f"{kind} command {cmd['command_id']} on {topic}, which carries "
+                             "the fraud lane's OPEN commands only")
+        if kind == "OPEN" and topic == self.openings:
             verdict = self._verdict(cmd)
-            if kind == "OPEN":
-                amount = verdict.get("features", {}).get("TX_AMOUNT")
-                result = self.book.open_from_verdict(verdict, now, amount)
-            else:
-                result = self.book.dispute(cmd["transaction_id"] or "", verdict,
-                                           cmd["reason"] or "", now)
-        else:
+            amount = verdict.get("features", {}).get("TX_AMOUNT")
+            result = self.book.open_from_verdict(verdict, now, amount)
+        elif kind == "DISPUTE":
+            result = self.book.dispute(cmd["transaction_id"] or "", self._verdict(cmd),
+                                       cmd["reason"] or "", now)
+        else:  # an OPEN here is refused as an unknown command, audited
             result = self.book.apply(cmd, now)
         metrics.CASE_ACTIONS.labels(kind, "refused" if result.refused else "accepted").inc()
         # The queue gauges read the case book's index of unresolved cases; every few seconds is

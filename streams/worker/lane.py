@@ -148,7 +148,6 @@ class FraudLane:
         self.routing = RoutingStage(self.codec, prefix, {})
         self.topics = {t: topic_name(t, prefix) for t in (
             Topic.TRANSACTIONS, Topic.LABELS, Topic.AUTH_OUTCOMES, Topic.SCORING)}
-        self._base = {**settings.kafka_config()}
         self._stop = threading.Event()
         self.ready = False
         self.next_offsets: Offsets = {}
@@ -434,6 +433,12 @@ class FraudLane:
                 metrics.child(metrics.STAGE_SECONDS, stage).observe(seconds)
         metrics.BATCH_RECORDS.observe(len(batch))
         metrics.child(metrics.STAGE_SECONDS, "batch").observe(time.perf_counter() - started)
+
+    @property
+    def _base(self) -> dict[str, Any]:
+        """The clients' connection settings, the login included: read when the lane connects,
+        so a lane fed in memory (streams.worker.local) needs no broker and no password."""
+        return {**self.settings.kafka_config()}
 
     def _send(self, out: Output) -> None:
         assert self.outbox is not None

@@ -59,6 +59,11 @@ group.initial.rebalance.delay.ms=0
 auto.create.topics.enable={auto_create}
 log.segment.bytes=67108864
 log.retention.check.interval.ms=60000
+# One node is the whole cluster: fenced, it leaves clients no broker at all, and librdkafka then
+# forgets it and goes back to its bootstrap servers only minutes later (a worker without
+# partitions after a 15 s SIGSTOP, `rakshit bench faults --only broker-pause`). Its controller
+# (the same process) fences it only after this long without a heartbeat; Kafka's default is 9 s.
+broker.session.timeout.ms=60000
 """
 
 SERVER_PROPERTIES = """\

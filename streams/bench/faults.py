@@ -114,10 +114,10 @@ def bench_faults(settings: Settings, only: str | None = None,
     print(f"faults: {', '.join(names)} at {options.rate:g} tx/s, latency target "
           f"{options.latency_target_ms:g} ms; broker {settings.bootstrap_servers}", flush=True)
     try:
-        for name in names:
+        for i, name in enumerate(names, 1):  # a fault named twice runs twice, apart
             began = time.monotonic()
             try:
-                row = run_fault(settings, name, options, f"faults{stamp}-{name}")
+                row = run_fault(settings, name, options, f"faults{stamp}-{i}-{name}")
             except (ChildExited, RunFailed, RuntimeError, BrokerError) as exc:
                 row = {"name": name, "transactions": None, "lost": None, "duplicates": None,
                        "duplicates_identical": None, "recovery_s": None, "error": str(exc)}

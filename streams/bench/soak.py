@@ -45,7 +45,14 @@ from streams.broker import embedded_broker, ensure_broker
 from streams.config import Settings
 from streams.demo.run import DemoOptions, VerdictCollector, ensure_champion, percentiles
 from streams.demo.run import demo_customers as customers_for
-from streams.launcher import check_alive, start_api, start_worker, stop_process, wait_until_ready
+from streams.launcher import (
+    as_service,
+    check_alive,
+    start_api,
+    start_worker,
+    stop_process,
+    wait_until_ready,
+)
 from streams.simulator.population import build_population
 from streams.topics import Topic, topic_name
 from streams.worker.learning import MEMORY
@@ -300,7 +307,8 @@ def run_soak(settings: Settings, options: SoakOptions) -> dict[str, Any]:
 
         def simulate() -> None:
             try:
-                reports.append(run_simulation(settings, sim_options,
+                # The traffic comes in as a gateway's, under its principal's ACLs.
+                reports.append(run_simulation(as_service(settings, "gateway"), sim_options,
                                               on_transaction=collect.on_transaction,
                                               stop=stop_sim))
             except BaseException as exc:  # a delivery failure is a finding, reported below

@@ -91,6 +91,8 @@ LAG_EVERY_S = 5.0
 # 1,000 tx/s to 66%. These values keep the low rate's latency; the high rate needs CPU headroom.
 # Verdicts read back after a restart wait this long for their transactions to come round again.
 REDO_KEEP_S = 300.0
+# How long a synchronous commit (a rebalance, a stop) may take before it is given up.
+COMMIT_WAIT_S = 5.0
 LINGER_MS = 2
 FETCH_WAIT_MS = 5
 FETCH_MIN_BYTES = 64 * 1024
@@ -276,7 +278,9 @@ class FraudLane:
                          store.name, p, len(table), read, seconds)
         if recovered:
             self.terminal_stage.report_learning()  # what the recovered partitions had learned
-        self._read_back([decided_from[q] for q in recovered if q in decided_from])
+        # Every scoring partition with records to read again, recovered or kept: a partition kept
+        # through a lost session re-reads what this very process may have decided already.
+        self._read_back(list(decided_from.values()))
         if self.collector is not None:  # the recovered state: long-lived, never walked again
             self.collector.full()
         self.ready = True
@@ -618,6 +622,8 @@ class FraudLane:
         if not self.pending:
             return
         batch, self.pending = self.pending, []
+        if time.monotonic() < self.redo_until:
+            batch = _first_of_each(batch)
         t0 = time.perf_counter()
         try:
             verdicts = self.terminal_stage.decide_all(batch)
@@ -630,6 +636,11 @@ class FraudLane:
 
     def _emit(self, verdict: Output) -> None:
         self._send(verdict)
+        if verdict.topic == self.decisions and time.monotonic() < self.redo_until:
+            # A replay is on: this transaction's hand-over may come round again (the old owner's
+            # copy after the commit, and the card stage's replay of it); it then gets this very
+            # verdict, byte for byte, not a second decision (``_prepare``).
+            self.redo[verdict.key.decode()] = verdict.value
         for follow_up in verdict.follow_ups:
             self._send(follow_up)
         if verdict.opens_case:
@@ -700,7 +711,7 @@ class FraudLane:
                        for (t, p), o in ready.items()]
             try:
                 if wait:
-                    self.consumer.commit(offsets=offsets, asynchronous=False)
+                    _commit_within(self.consumer, offsets, COMMIT_WAIT_S)
                 else:
                     self.consumer.commit(offsets=offsets, asynchronous=True)
             except Exception as exc:  # e.g. no longer a member: the next owner repeats the work
@@ -720,6 +731,43 @@ class FraudLane:
                         max(0, high - done))
         except Exception:  # a figure is not worth a crash
             log.debug("lag report failed", exc_info=True)
+
+
+def _first_of_each(batch: list[Prepared]) -> list[Prepared]:
+    """During a replay one batch may hold a transaction's hand-over twice (see ``_emit``): it
+    is decided once; the copy adds nothing (its state was observed once, by id)."""
+    seen: set[str] = set()
+    kept = []
+    for ready in batch:
+        tx_id = ready.hand_over["transaction"]["transaction_id"]
+        if tx_id not in seen:
+            seen.add(tx_id)
+            kept.append(ready)
+    return kept
+
+
+def _commit_within(consumer: Consumer, offsets: list[TopicPartition], timeout_s: float) -> None:
+    """A synchronous commit that gives up after ``timeout_s``. librdkafka's has no timeout, and
+    after a lost session (the broker frozen past session.timeout.ms) one made in the revoke
+    callback was seen to block for good (`rakshit bench faults --only broker-pause`, in about
+    half the runs; confluent-kafka-python #1801 reports the same hang). Given up, the offsets
+    are not committed: the next owner reads those records again and re-sends their verdicts as
+    they were (``FraudLane._read_back``)."""
+    failure: list[BaseException] = []
+
+    def commit() -> None:
+        try:
+            consumer.commit(offsets=offsets, asynchronous=False)
+        except BaseException as exc:
+            failure.append(exc)
+
+    thread = threading.Thread(target=commit, name="offset-commit", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        raise TimeoutError(f"no answer to a synchronous offset commit within {timeout_s:.0f}s")
+    if failure:
+        raise failure[0]
 
 
 def _position(topic: str, partition: int, offset: int, metadata: str | None) -> TopicPartition:

@@ -182,8 +182,13 @@ def own_broker_settings(make_settings: Callable[..., Settings], demo_models: Pat
     return settings
 
 
-def broker_pid(settings: Settings) -> int:
-    return int((settings.home / f"broker-{settings.broker_port}" / "broker.pid").read_text())
+def worker_and_broker(demo: Demo, settings: Settings) -> tuple[int, int]:
+    """Once the demo has started its worker: the worker's pid and its broker's, both alive."""
+    line = demo.wait_for("worker: pid ")
+    worker = int(line.split("worker: pid ")[1].split(",")[0])
+    broker = int((settings.home / f"broker-{settings.broker_port}" / "broker.pid").read_text())
+    assert pid_alive(broker) and port_answers(settings.broker_port)
+    return worker, broker
 
 
 @pytest.mark.kafka
@@ -194,10 +199,7 @@ def test_sigint_to_a_demo_that_started_its_broker_stops_worker_and_broker(
     settings = own_broker_settings(make_settings, demo_models)
     demo = Demo(settings, tmp_path)
     try:
-        line = demo.wait_for("worker: pid ")
-        worker = int(line.split("worker: pid ")[1].split(",")[0])
-        broker = broker_pid(settings)
-        assert pid_alive(broker) and port_answers(settings.broker_port)
+        worker, broker = worker_and_broker(demo, settings)
         demo.proc.send_signal(signal.SIGINT)
         code, err = demo.finish()
         assert code == 128 + signal.SIGINT
@@ -218,10 +220,7 @@ def test_kill_9_of_a_demo_that_started_its_broker_takes_the_broker_down(
     settings = own_broker_settings(make_settings, demo_models)
     demo = Demo(settings, tmp_path)
     try:
-        line = demo.wait_for("worker: pid ")
-        worker = int(line.split("worker: pid ")[1].split(",")[0])
-        broker = broker_pid(settings)
-        assert pid_alive(broker) and port_answers(settings.broker_port)
+        worker, broker = worker_and_broker(demo, settings)
         demo.proc.kill()
         demo.proc.wait()
         assert_gone({"worker": worker, "broker": broker}, settings.metrics_port,

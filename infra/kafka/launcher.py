@@ -62,8 +62,10 @@ log.retention.check.interval.ms=60000
 # One node is the whole cluster: fenced, it leaves clients no broker at all, and librdkafka then
 # forgets it and goes back to its bootstrap servers only minutes later (a worker without
 # partitions after a 15 s SIGSTOP, `rakshit bench faults --only broker-pause`). Its controller
-# (the same process) fences it only after this long without a heartbeat; Kafka's default is 9 s.
-broker.session.timeout.ms=60000
+# (the same process) fences it after this long without a heartbeat (Kafka's default: 9 s). The
+# price: restarted after kill -9, it waits out its old registration's session before it serves,
+# and it gives up after 60 s (initial.broker.registration.timeout.ms), so this stays well under.
+broker.session.timeout.ms=20000
 """
 
 SERVER_PROPERTIES = """\

@@ -42,6 +42,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from confluent_kafka import KafkaException
+
 from infra.kafka.launcher import BrokerError
 from infra.postgres import PostgresMissing, PostgresServer
 from schemas.codec import make_codec
@@ -118,7 +120,7 @@ def bench_faults(settings: Settings, only: str | None = None,
             began = time.monotonic()
             try:
                 row = run_fault(settings, name, options, f"faults{stamp}-{i}-{name}")
-            except (ChildExited, RunFailed, RuntimeError, BrokerError) as exc:
+            except (ChildExited, RunFailed, RuntimeError, BrokerError, KafkaException) as exc:
                 row = {"name": name, "transactions": None, "lost": None, "duplicates": None,
                        "duplicates_identical": None, "recovery_s": None, "error": str(exc)}
             row["wall_s"] = round(time.monotonic() - began, 1)

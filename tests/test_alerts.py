@@ -15,6 +15,7 @@ without it these tests skip and say why.
 from __future__ import annotations
 
 import json
+import math
 import re
 import shutil
 import subprocess
@@ -331,9 +332,13 @@ def test_prometheus_scrapes_a_running_worker_and_counts_its_verdicts(
         expected = {r.get("alert") or r["record"] for r in _rules()}
         assert {r["name"] for r in loaded} == expected
         assert sum(r["type"] == "alerting" for r in loaded) == len(_alerts())
-        ratio = prom.wait_for(
-            "rakshit:verdict_latency_slow:ratio_rate5m",
-            lambda: _value(prom.query("rakshit:verdict_latency_slow:ratio_rate5m")))
+        # Evaluated before the verdicts were scraped, the ratio is 0/0 (NaN, under which no
+        # alert fires); wait for an evaluation whose window holds them.
+        def slow_ratio() -> list[float] | None:
+            value = _value(prom.query("rakshit:verdict_latency_slow:ratio_rate5m"))
+            return None if value is None or math.isnan(value) else [value]
+
+        [ratio] = prom.wait_for("rakshit:verdict_latency_slow:ratio_rate5m a number", slow_ratio)
         assert 0.0 <= ratio <= 1.0
         # A healthy worker that has just decided a few payments raises nothing, not even a
         # pending alert: no rule misreads the real series.

@@ -6,6 +6,7 @@ states are built by the real feature functions from synthetic traffic (a card wi
 ``card_history`` transactions over 30 days, a terminal with ``terminal_history`` over 38 days),
 written to a compacted changelog topic of one partition as the lane's checkpoint writes them (one
 JSON record per key), then read back with ``streams.worker.store.recover``, as on assignment.
+And what a checkpoint's key expiry (``Store.expire``) costs.
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
 
 from agents.fraud.guardrail import record_amount
 from scoring import features as F
+from scoring import retention
 from streams.admin import admin_client, delete_run_topics
 from streams.config import Settings
-from streams.worker.store import encode_value, recover
+from streams.worker.lane import EXPIRE_KEYS
+from streams.worker.store import Store, encode_value, recover
 
 T0 = 1_780_000_000_000
 
@@ -51,6 +54,32 @@ def terminal_state(rng: random.Random, terminal: int, history: int) -> dict[str,
     return state
 
 
+def bench_expiry(rng: random.Random, terminal_history: int, keys: int = 100_000,
+                 rounds: int = 20) -> dict[str, Any]:
+    """What one checkpoint's expiry costs (streams.worker.lane.EXPIRE_KEYS keys looked at) over
+    ``keys`` real terminal states in six partitions: when none is due, and when all are."""
+    sample = [terminal_state(rng, i, terminal_history) for i in range(2_000)]
+    newest = max(retention.terminal_last_event_ms(s) for s in sample)
+    out: dict[str, Any] = {"keys": keys, "keys_per_call": EXPIRE_KEYS}
+    for case, now in (("none_due", newest), ("all_due", newest + retention.TERMINAL_RETENTION_MS
+                                              + F.DAY_MS)):
+        store = Store("terminal-state", "")
+        for p in range(6):
+            store.adopt(p, {f"term-{p}-{i:07d}": json.loads(json.dumps(sample[i % len(sample)]))
+                            for i in range(keys // 6)})
+        times = []
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            store.expire(dict.fromkeys(range(6), now), retention.terminal_expired, EXPIRE_KEYS)
+            times.append((time.perf_counter() - t0) * 1000)
+        times.sort()
+        out[case] = {"median_ms": round(times[len(times) // 2], 2), "max_ms": round(times[-1], 2)}
+    print(f"  expiry: {EXPIRE_KEYS:,} terminal keys looked at per checkpoint: median "
+          f"{out['none_due']['median_ms']} ms when none is due, {out['all_due']['median_ms']} ms "
+          f"when all are (max {out['all_due']['max_ms']} ms)", flush=True)
+    return out
+
+
 def bench_state(settings: Settings, cards: int = 1_000_000, card_history: int = 10,
                 terminals: int = 10_000, terminal_history: int = 80,
                 seed: int = 7) -> dict[str, Any]:
@@ -65,6 +94,7 @@ def bench_state(settings: Settings, cards: int = 1_000_000, card_history: int = 
                 return card_state(rng, i, card_history)
             return terminal_state(rng, i, terminal_history)
 
+        result["expiry"] = bench_expiry(rng, terminal_history)
         for kind, count in (("card", cards), ("terminal", terminals)):
             topic = f"{run.app_id}-{kind}-state-changelog"
             admin = admin_client(run)

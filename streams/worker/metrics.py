@@ -118,6 +118,9 @@ BATCH_RECORDS = Histogram("rakshit_batch_records", "Records per batch the fraud 
                           buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000))
 STATE_KEYS = Gauge("rakshit_state_keys", "Keys held in memory per store (cards, terminals).",
                    ["store"])
+STATE_EXPIRED = Counter("rakshit_state_expired",
+                        "State keys deleted because their newest event fell out of use "
+                        "(scoring.retention), per store.", ["store"])
 STATE_RECOVERY = Histogram("rakshit_state_recovery_seconds",
                            "Seconds to rebuild one partition's state from its changelog.",
                            ["store"], buckets=(0.01, 0.1, 0.5, 1, 2, 5, 10, 30, 60, 120))

@@ -112,6 +112,10 @@ class CardStage:
     def cached(self, card: str) -> tuple[dict[str, float], float] | None:
         return self.cache.get(card)
 
+    def forget(self, card: str) -> None:
+        """The card's state expired (``scoring.retention``): so do its cached features."""
+        self.cache.pop(card, None)
+
     def hand_over(self, tx: Mapping[str, Any], row: Mapping[str, float],
                   amounts: Sequence[Sequence[Any]], source: Source, received: float,
                   stale_s: float | None = None, decided_from: Mapping[str, int] | None = None,

@@ -14,12 +14,17 @@ idempotent per transaction id (``scoring.features``), so the repeated records ch
     cards = Store("card-state", "rakshit-worker-card-state-changelog")
     cards.put(3, "tok_1", {"features": {...}})
     for partition, key, value in cards.changes(): producer.produce(...)
+
+Keys go too, not just entries: ``expire`` deletes, a bounded number of keys at a time, those
+whose newest event has fallen out of use at their partition's event time (``scoring.retention``
+says when), and the next checkpoint writes their tombstones, so a restarted worker does not
+bring them back.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import orjson
@@ -41,6 +46,9 @@ class Store:
         self.changelog = changelog
         self.partitions: dict[int, dict[str, Any]] = {}
         self._dirty: dict[int, set[str]] = {}
+        # Where ``expire`` stopped: (partition, its keys when the pass began, next index).
+        self._cursor: tuple[int, list[str], int] | None = None
+        self._swept = -1
 
     def owns(self, partition: int) -> bool:
         return partition in self.partitions
@@ -57,6 +65,47 @@ class Store:
         """Forget ``key``; the next checkpoint writes its tombstone."""
         if self.partitions[partition].pop(key, _GONE) is not _GONE:
             self._dirty[partition].add(key)
+
+    def expire(self, now_ms: Mapping[int, int], expired: Callable[[str, Any, int], bool],
+               budget: int) -> list[tuple[int, str]]:
+        """Look at up to ``budget`` keys, going on where the last call stopped, and delete each
+        that ``expired(key, value, now)`` says has outlived its use at its partition's event
+        time ``now_ms[partition]`` (``scoring.retention``); return what went. A partition with no
+        event time yet is passed over. A pass over every key takes about keys/budget calls, so
+        the checkpoint that calls it pays a bounded price, not one that grows with the state."""
+        gone: list[tuple[int, str]] = []
+        looked = visited = 0
+        while looked < budget and visited <= len(self.partitions):
+            if self._cursor is None:
+                visited += 1
+                partition = self._next_partition(now_ms)
+                if partition is None:
+                    break
+                self._cursor = (partition, list(self.partitions[partition]), 0)
+            partition, keys, at = self._cursor
+            table = self.partitions.get(partition)
+            if table is None or partition not in now_ms:  # revoked meanwhile
+                self._cursor = None
+                continue
+            end = min(len(keys), at + budget - looked)
+            now = now_ms[partition]
+            for key in keys[at:end]:
+                value = table.get(key, _GONE)
+                if value is not _GONE and expired(key, value, now):
+                    self.delete(partition, key)
+                    gone.append((partition, key))
+            looked += end - at
+            self._cursor = None if end >= len(keys) else (partition, keys, end)
+        return gone
+
+    def _next_partition(self, now_ms: Mapping[int, int]) -> int | None:
+        """The owned partition after the last one swept, in number order, that has a time."""
+        ready = sorted(p for p in self.partitions if p in now_ms)
+        if not ready:
+            return None
+        later = [p for p in ready if p > self._swept]
+        self._swept = later[0] if later else ready[0]
+        return self._swept
 
     def changes(self) -> Iterator[tuple[int, str, bytes | None]]:
         """One record per key changed since the last call (None: deleted, a tombstone), then
@@ -76,6 +125,8 @@ class Store:
         self._dirty[partition] = set()
 
     def drop(self, partition: int) -> None:
+        if self._cursor is not None and self._cursor[0] == partition:
+            self._cursor = None
         self.partitions.pop(partition, None)
         self._dirty.pop(partition, None)
 

@@ -59,6 +59,20 @@ def test_lag_is_bounded_when_the_second_half_is_no_worse_than_the_first() -> Non
     # Samples taken after the traffic (the drain) are not judged.
     drained = [*steady, sample(700, lag=10_000, traffic=False)]
     assert soak.lag_bounded(drained, warmup_s=60, rate=rate)["bounded"]
+    # Nor is the one taken as the producer stops: reported in the worst, not judged.
+    stopping = [*steady, sample(600, lag=1_000)]
+    assert not soak.lag_bounded(stopping, warmup_s=60, rate=rate)["bounded"]
+    judged = soak.lag_bounded(stopping, warmup_s=60, rate=rate, steady_until_s=595)
+    assert judged["bounded"] and judged["transactions"]["max_second_half"] == 70
+
+
+def test_the_warm_up_lasts_until_the_state_is_at_its_steady_size() -> None:
+    """The scored-transaction memory fills, and the first cards reach their 90 days."""
+    assert soak.SoakOptions(rate=300).settle_minutes() == 16.0  # cards: 90 days at 8,640x
+    assert soak.SoakOptions(rate=100, speedup=86_400).settle_minutes() == round(
+        soak.MEMORY / 100 / 60 + 1, 1)  # the memory: 200,000 at 100 tx/s
+    assert soak.SoakOptions(rate=300).with_warmup().warmup_minutes == 16.0
+    assert soak.SoakOptions(warmup_minutes=3).with_warmup().warmup_minutes == 3
 
 
 def test_per_minute_rows_and_rss_of_this_process() -> None:

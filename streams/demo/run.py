@@ -184,6 +184,7 @@ def ensure_champion(settings: Settings, options: DemoOptions) -> None:
     registry has no such champion (about 40 s here). A champion trained on the handbook scored
     the demo's traffic with most features' PSI in the "act" range: its drift panel cried wolf
     from the first report."""
+    from streams.simulator.scenarios import SCENARIOS
     from streams.simulator.training import DEMO_SOURCE, train_for_demo
     from streams.worker.chain import registry_for
 
@@ -191,10 +192,13 @@ def ensure_champion(settings: Settings, options: DemoOptions) -> None:
     champion = registry.champion_version()
     customers = demo_customers(options.rate)
     event_rate, span_s = options.rate / options.speedup, options.duration_s * options.speedup
+    # A model learns fraud from fraud: a scenario without any (normal, the outages) trains on
+    # the same shape of traffic with the fraud scenario's campaigns in it.
+    scenario = options.scenario if SCENARIOS[options.scenario].fraud is not None else "fraud"
     # The shape as train_for_demo writes it into the model's notes: another rate, duration or
     # scenario is other traffic (card histories of another length), so it gets its own model.
     shape = (f"of {span_s:g} event-s at {event_rate:g} tx/s, {customers} customers, "
-             f"scenario {options.scenario}")
+             f"scenario {scenario}")
     if champion is not None:
         meta = registry.meta(champion)
         if meta.get("source") == DEMO_SOURCE and shape in str(meta.get("notes", "")):
@@ -204,7 +208,7 @@ def ensure_champion(settings: Settings, options: DemoOptions) -> None:
           f"in {registry.root}; training one (once per shape, well under a minute)...",
           flush=True)
     trained = train_for_demo(registry, customers=customers, event_rate=event_rate,
-                             span_s=span_s, scenario=options.scenario)
+                             span_s=span_s, scenario=scenario)
     print(f"model: champion {trained['version']} from {trained['runs']} runs, "
           f"{trained['transactions']} transactions in {trained['seconds']} s; held-out AP "
           f"{trained['held_out_ap']:.3f}", flush=True)

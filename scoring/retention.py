@@ -18,7 +18,7 @@ event is older than its retention at its partition's event time:
 - anything else the terminal store holds (what a partition has learned, the transactions it
   remembers for their labels: ``streams.worker.learning``) never expires here; its owner bounds it.
 
-    if card_expired(stored, now_ms): store.delete(partition, card)
+    if card_expired(card, stored, now_ms): store.delete(partition, card)
 """
 
 from __future__ import annotations

@@ -9,7 +9,6 @@ them; a worker started afterwards recovers without them, so the card comes back 
 from __future__ import annotations
 
 import time
-import urllib.request
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,6 +22,7 @@ from streams.topics import Topic
 from streams.worker.lane import changelog_topic
 from tests.factories import transaction
 from tests.kafka_helpers import WorkerProcess, name, produce, read_all
+from tests.test_casework_end_to_end import scrape
 
 pytestmark = pytest.mark.kafka
 
@@ -34,14 +34,6 @@ OLD_TERMINAL_KEYS = {"term-gone", "merchant:m-gone", "device:m-gone:dev-gone"}
 def _tombstones(settings: Settings, store: str) -> set[str]:
     records = read_all(settings, changelog_topic(settings, store), idle_s=1.0)
     return {r.key.decode() for r in records if r.key is not None and not r.value}
-
-
-def _metric(port: int, line_start: str) -> float | None:
-    scraped = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
-    for line in scraped.decode().splitlines():
-        if line.startswith(line_start):
-            return float(line.rsplit(" ", 1)[1])
-    return None
 
 
 def test_keys_silent_past_their_retention_are_deleted_and_stay_deleted(
@@ -79,8 +71,9 @@ def test_keys_silent_past_their_retention_are_deleted_and_stay_deleted(
         # Only the old keys go: today's are within retention.
         assert cards == {"tok_gone"}, worker.log()[-3000:]
         assert terminals == OLD_TERMINAL_KEYS
-        assert _metric(free_port, 'rakshit_state_expired_total{store="card-state"}') == 1.0
-        assert _metric(free_port, 'rakshit_state_expired_total{store="terminal-state"}') == 3.0
+        metrics = scrape(settings)
+        assert metrics['rakshit_state_expired_total{store="card-state"}'] == 1.0
+        assert metrics['rakshit_state_expired_total{store="terminal-state"}'] == 3.0
     finally:
         worker.stop()
 
